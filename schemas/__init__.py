@@ -1,0 +1,37 @@
+"""Pure data: the event envelope, typed versioned payloads, their registry and upcasters.
+Imports nothing of Vigil's and knows nothing of Kafka."""
+
+from .chat import ChatMessageReceivedV1, ChatMessageReceivedV2, ChatReplyRequestedV1
+from .envelope import Envelope, RawEnvelope, new_event_id, utcnow
+from .errors import (
+    InvalidEnvelopeError,
+    InvalidPayloadError,
+    SchemaError,
+    UnknownTypeError,
+    UnknownVersionError,
+    VigilError,
+)
+from .payload import Payload
+from .registry import Registry, registry
+from .versioning import join_type, split_type
+
+__all__ = [
+    "ChatMessageReceivedV1",
+    "ChatMessageReceivedV2",
+    "ChatReplyRequestedV1",
+    "Envelope",
+    "InvalidEnvelopeError",
+    "InvalidPayloadError",
+    "Payload",
+    "RawEnvelope",
+    "Registry",
+    "SchemaError",
+    "UnknownTypeError",
+    "UnknownVersionError",
+    "VigilError",
+    "join_type",
+    "new_event_id",
+    "registry",
+    "split_type",
+    "utcnow",
+]

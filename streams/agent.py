@@ -1,0 +1,108 @@
+"""The agent decorator: what an agent consumes, the state it keeps, what it emits.
+
+    @runtime.agent(ChatMessageReceivedV2, state=SupportState, emits=[ChatReplyRequestedV1])
+    async def support(event: Envelope[ChatMessageReceivedV2], ctx: Context[SupportState]) -> None: ...
+
+Declaring an agent only records an ``AgentSpec``; ``streams.worker`` binds specs to Kafka.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from schemas import Envelope, Payload
+
+from . import topics
+from .context import Context
+from .errors import ConfigError
+from .settings import Settings
+
+Handler = Callable[[Envelope[Any], Context[Any]], Awaitable[None]]
+H = TypeVar("H", bound=Handler)
+ResourceFactory = Callable[[Settings], Any]
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    name: str
+    #: logical topic name from the catalogue (prefix applied at bind time)
+    topic: str
+    payload: type[Payload]
+    state: type[BaseModel] | None
+    emits: tuple[type[Payload], ...]
+    handler: Handler
+
+    @property
+    def dlq_topic(self) -> str:
+        return topics.dlq_topic(self.name).name
+
+    @property
+    def table_name(self) -> str:
+        """Never rename: the changelog topic carries this name."""
+        return f"{self.name}-state"
+
+
+class Runtime:
+    """The registry of agents and of the resources (LLM client, ...) their contexts expose."""
+
+    def __init__(self) -> None:
+        self._agents: dict[str, AgentSpec] = {}
+        self._resources: dict[str, ResourceFactory] = {}
+
+    def agent(
+        self,
+        payload: type[Payload],
+        *,
+        name: str | None = None,
+        topic: str | None = None,
+        state: type[BaseModel] | None = None,
+        emits: Iterable[type[Payload]] = (),
+    ) -> Callable[[H], H]:
+        def register(fn: H) -> H:
+            agent_name = name or fn.__name__
+            if not _NAME_RE.match(agent_name):
+                raise ConfigError(f"agent name {agent_name!r} must match {_NAME_RE.pattern}")
+            if agent_name in self._agents:
+                raise ConfigError(f"agent {agent_name!r} is declared twice")
+            source = topic or topics.for_type(payload.event_type).name
+            topics.by_name(source)
+            emitted = tuple(emits)
+            for model in emitted:
+                topics.for_type(model.event_type)  # fail at import, not at the first emit
+            self._agents[agent_name] = AgentSpec(agent_name, source, payload, state, emitted, fn)
+            return fn
+
+        return register
+
+    def provide(self, name: str, factory: ResourceFactory) -> None:
+        """Make ``factory(settings)`` available to handlers as ``ctx.resources[name]``."""
+        self._resources[name] = factory
+
+    @property
+    def agents(self) -> dict[str, AgentSpec]:
+        return dict(self._agents)
+
+    def select(self, names: Iterable[str] | None) -> list[AgentSpec]:
+        if names is None:
+            return list(self._agents.values())
+        chosen = []
+        for n in names:
+            if n not in self._agents:
+                known = ", ".join(sorted(self._agents)) or "none"
+                raise ConfigError(f"unknown agent {n!r} (known: {known})")
+            chosen.append(self._agents[n])
+        return chosen
+
+    def build_resources(self, settings: Settings) -> dict[str, Any]:
+        return {name: factory(settings) for name, factory in self._resources.items()}
+
+
+#: the process-wide runtime that agent modules declare into
+runtime = Runtime()

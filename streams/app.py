@@ -1,0 +1,32 @@
+"""The Faust app factory: one place that turns ``Settings`` into Faust configuration."""
+
+from __future__ import annotations
+
+import faust
+
+from .settings import Settings
+
+
+def create_app(settings: Settings) -> faust.App:
+    brokers = [f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",") if server.strip()]
+    return faust.App(
+        settings.group_id,
+        broker=brokers,
+        store="rocksdb://",  # faust's RocksDB store; tables pick the rocksdict driver (streams.worker)
+        datadir=str(settings.data_dir),
+        autodiscover=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_allow_declare=True,
+        processing_guarantee=settings.processing_guarantee,
+        broker_commit_interval=settings.commit_interval,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,  # acks=all: an emit counts only once every in-sync replica has it
+        key_serializer="raw",
+        value_serializer="raw",
+        web_enabled=settings.web_port > 0,
+        web_port=settings.web_port or 6066,
+        web_bind="127.0.0.1",
+        web_host="127.0.0.1",
+        table_standby_replicas=0,
+    )

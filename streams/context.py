@@ -1,0 +1,69 @@
+"""What a handler sees besides its event: the entity's state, emit, and shared resources."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any, Generic, TypeVar
+
+from schemas import Envelope, Payload, utcnow
+
+from .errors import ConfigError
+
+S = TypeVar("S")
+
+#: namespace of derived event ids: uuid5(NS, agent / input id / n) is stable across replays
+DERIVED_ID_NAMESPACE = uuid.UUID("6c1d3f0e-8a4e-4d8b-9f57-5b0a2f7d9c11")
+
+
+def derived_id(agent: str, input_id: str, n: int) -> str:
+    return str(uuid.uuid5(DERIVED_ID_NAMESPACE, f"{agent}\x1f{input_id}\x1f{n}"))
+
+
+class Context(Generic[S]):
+    """Emits are buffered and published only if the handler returns, so a failed attempt
+    leaves no partial output behind."""
+
+    def __init__(
+        self,
+        *,
+        agent: str,
+        event: Envelope[Any],
+        state: S,
+        emits: tuple[type[Payload], ...],
+        resources: Mapping[str, Any],
+    ) -> None:
+        self.agent = agent
+        self.event = event
+        self.state = state
+        self.resources = resources
+        self._allowed = emits
+        self.pending: list[Envelope[Payload]] = []
+
+    @property
+    def llm(self) -> Any:
+        try:
+            return self.resources["llm"]
+        except KeyError:
+            raise ConfigError("no 'llm' resource is provided to this runtime") from None
+
+    async def emit(self, payload: Payload, *, subject: str | None = None) -> Envelope[Payload]:
+        if not any(isinstance(payload, allowed) for allowed in self._allowed):
+            declared = ", ".join(m.event_type for m in self._allowed) or "nothing"
+            raise ConfigError(
+                f"agent {self.agent!r} emitted {type(payload).event_type} but declares emits=[{declared}]"
+            )
+        event = Envelope[Payload].model_construct(
+            id=derived_id(self.agent, self.event.id, len(self.pending)),
+            source=f"vigil/agent/{self.agent}",
+            type=payload.event_type,
+            subject=subject or self.event.subject,
+            time=utcnow(),
+            specversion="1.0",
+            datacontenttype="application/json",
+            data=payload,
+            traceparent=self.event.traceparent,
+            causationid=self.event.id,
+        )
+        self.pending.append(event)
+        return event

@@ -1,0 +1,130 @@
+"""One record through one agent: decode -> validate/upcast -> dedup -> handler -> emit -> state.
+
+Every outcome is durable before ``handle`` returns: emitted events and dead letters are
+acknowledged by the broker, the state write is queued to the changelog (flushed before the
+offset commit). Nothing here raises for a bad record or a failing handler; broker trouble is
+retried until it clears or the task is cancelled, so a record is never acked unhandled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Protocol
+
+from schemas import Envelope, InvalidEnvelopeError, Payload, VigilError, registry
+
+from . import codec, metrics, topics
+from .agent import AgentSpec
+from .context import Context
+from .dlq import dead_letter, reason_of
+from .records import ConsumedRecord
+from .settings import Settings
+from .state import StateStore
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["ok", "duplicate", "dlq"]
+
+
+class Publisher(Protocol):
+    async def publish(self, topic: str, records: Sequence[codec.EncodedRecord]) -> None:
+        """Return once the broker acknowledged every record; raise otherwise."""
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        spec: AgentSpec,
+        settings: Settings,
+        store: StateStore,
+        publisher: Publisher,
+        resources: Mapping[str, Any],
+    ) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.store = store
+        self.publisher = publisher
+        self.resources = resources
+        self.dlq_topic = settings.topic(spec.dlq_topic)
+
+    async def handle(self, record: ConsumedRecord) -> Outcome:
+        try:
+            event = self._decode(record)
+        except VigilError as exc:
+            await self._dead_letter(record, exc, attempts=0, type_="unknown")
+            return "dlq"
+
+        try:
+            entity = self.store.load(event.subject)
+        except VigilError as exc:
+            await self._dead_letter(record, exc, attempts=0, type_=event.type)
+            return "dlq"
+        if entity.has_handled(event.id):
+            metrics.EVENTS.labels(self.spec.name, event.type, "duplicate").inc()
+            return "duplicate"
+
+        ctx: Context[Any] = Context(
+            agent=self.spec.name,
+            event=event,
+            state=entity.state,
+            emits=self.spec.emits,
+            resources=self.resources,
+        )
+        started = time.perf_counter()
+        try:
+            await self.spec.handler(event, ctx)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any handler failure is dead-lettered, never acked silently
+            log.warning("agent %s: handler failed on %s: %r", self.spec.name, event.id, exc)
+            await self._dead_letter(record, exc, attempts=1, type_=event.type)
+            return "dlq"
+        finally:
+            metrics.HANDLER_SECONDS.labels(self.spec.name).observe(time.perf_counter() - started)
+
+        await self._publish_emits(ctx.pending)
+        entity.state = ctx.state
+        self.store.save(event.subject, entity, event.id)
+        metrics.EVENTS.labels(self.spec.name, event.type, "ok").inc()
+        return "ok"
+
+    def _decode(self, record: ConsumedRecord) -> Envelope[Payload]:
+        raw = codec.decode(record.value)
+        if record.key != raw.subject.encode():
+            # State lives on the partition of the key; a mismatched key would split an entity.
+            shown = record.key.decode(errors="replace") if record.key is not None else None
+            raise InvalidEnvelopeError(f"record key {shown!r} must equal the envelope subject {raw.subject!r}")
+        return registry.parse(raw, target=self.spec.payload)
+
+    async def _publish_emits(self, events: list[Envelope[Payload]]) -> None:
+        by_topic: dict[str, list[codec.EncodedRecord]] = {}
+        for ev in events:
+            topic = self.settings.topic(topics.for_type(ev.type).name)
+            by_topic.setdefault(topic, []).append(codec.encode(ev))
+        for topic, records in by_topic.items():
+            await self._publish_until_acked(topic, records)
+
+    async def _dead_letter(self, record: ConsumedRecord, exc: BaseException, *, attempts: int, type_: str) -> None:
+        reason = reason_of(exc)
+        await self._publish_until_acked(self.dlq_topic, [dead_letter(record, exc, agent=self.spec.name, attempts=attempts)])
+        metrics.DLQ_RECORDS.labels(self.spec.name, reason).inc()
+        metrics.EVENTS.labels(self.spec.name, type_, "dlq").inc()
+
+    async def _publish_until_acked(self, topic: str, records: Sequence[codec.EncodedRecord]) -> None:
+        """Broker trouble blocks this partition instead of losing or skipping the record."""
+        delay = 0.1
+        while True:
+            try:
+                await self.publisher.publish(topic, records)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every produce failure is retried; the offset stays put
+                metrics.PUBLISH_RETRIES.labels(self.spec.name).inc()
+                log.warning("agent %s: publish to %s failed (%r); retrying in %.1fs", self.spec.name, topic, exc, delay)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 10.0)

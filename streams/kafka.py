@@ -1,0 +1,137 @@
+"""Thin helpers over aiokafka for the CLI and setup: topic admin, one-shot produce, reading a
+topic to its current end. The worker's consume path goes through Faust, not through here."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+
+from .codec import EncodedRecord
+from .errors import BrokerUnavailableError
+from .records import ConsumedRecord
+from .settings import Settings
+
+
+def _unreachable(settings: Settings, exc: BaseException) -> BrokerUnavailableError:
+    return BrokerUnavailableError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {type(exc).__name__}: {exc}")
+
+
+@asynccontextmanager
+async def admin(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
+    client = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000)
+    try:
+        await asyncio.wait_for(client.start(), 15)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        await client.close()
+        raise _unreachable(settings, exc) from None
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def create_topics(settings: Settings, names: Iterable[str], partitions: int | None = None) -> list[str]:
+    """Create the (already prefixed) topics that do not exist yet; return those created."""
+    wanted = sorted(set(names))
+    async with admin(settings) as client:
+        existing = set(await client.list_topics())
+        missing = [n for n in wanted if n not in existing]
+        if missing:
+            new = [NewTopic(n, partitions or settings.partitions, settings.replication_factor) for n in missing]
+            try:
+                await client.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass  # another worker won the race
+        return missing
+
+
+async def list_topics(settings: Settings) -> list[str]:
+    async with admin(settings) as client:
+        return sorted(await client.list_topics())
+
+
+@asynccontextmanager
+async def producer(settings: Settings, **kwargs: Any) -> AsyncIterator[AIOKafkaProducer]:
+    prod = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True, **kwargs)
+    try:
+        await asyncio.wait_for(prod.start(), 15)
+    except (KafkaConnectionError, OSError, TimeoutError) as exc:
+        await prod.stop()
+        raise _unreachable(settings, exc) from None
+    try:
+        yield prod
+    finally:
+        await prod.stop()
+
+
+async def produce(settings: Settings, topic: str, records: Sequence[EncodedRecord]) -> None:
+    async with producer(settings) as prod:
+        futures = [await prod.send(topic, value=r.value, key=r.key, headers=r.headers) for r in records]
+        await asyncio.gather(*futures)
+
+
+async def read_topics(
+    settings: Settings,
+    topics: Sequence[str],
+    *,
+    from_beginning: bool = True,
+    follow: bool = False,
+    timeout: float | None = None,
+    max_records: int | None = None,
+) -> AsyncIterator[ConsumedRecord]:
+    """Records of ``topics`` without joining a group. Without ``follow``, stops at the end
+    offsets seen at start; with it, waits for more until ``timeout`` or ``max_records``."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    try:
+        await asyncio.wait_for(consumer.start(), 15)
+    except (KafkaConnectionError, OSError, TimeoutError) as exc:
+        await consumer.stop()
+        raise _unreachable(settings, exc) from None
+    try:
+        tps: list[TopicPartition] = []
+        for t in topics:
+            parts = consumer.partitions_for_topic(t)
+            if parts is None:
+                await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh
+                parts = consumer.partitions_for_topic(t)
+            tps.extend(TopicPartition(t, p) for p in sorted(parts or ()))
+        if not tps:
+            return
+        consumer.assign(tps)
+        if from_beginning:
+            await consumer.seek_to_beginning(*tps)
+        else:
+            await consumer.seek_to_end(*tps)
+        end = await consumer.end_offsets(tps)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout if timeout is not None else None
+        seen = 0
+        while True:
+            if not follow and all([await _at_end(consumer, tp, end[tp]) for tp in tps]):
+                return
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return
+            batch = await consumer.getmany(timeout_ms=int(min(remaining or 1.0, 1.0) * 1000), max_records=500)
+            for tp, msgs in sorted(batch.items(), key=lambda kv: (kv[0].topic, kv[0].partition)):
+                for m in msgs:
+                    if not follow and m.offset >= end[tp]:
+                        continue
+                    yield ConsumedRecord(
+                        m.topic, m.partition, m.offset, m.key, m.value, list(m.headers or ()), m.timestamp
+                    )
+                    seen += 1
+                    if max_records is not None and seen >= max_records:
+                        return
+    finally:
+        await consumer.stop()
+
+
+async def _at_end(consumer: AIOKafkaConsumer, tp: TopicPartition, end: int) -> bool:
+    return await consumer.position(tp) >= end

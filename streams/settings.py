@@ -1,0 +1,49 @@
+"""All runtime configuration, from ``VIGIL_*`` environment variables (or a ``.env`` file).
+
+One frozen object, built once per process and passed down; nothing reads the environment
+elsewhere.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VIGIL_", env_file=".env", extra="ignore", frozen=True)
+
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma separated")
+    app_id: str = Field("vigil", min_length=1, description="Faust app id; the consumer group id")
+    data_dir: Path = Field(Path("data"), description="RocksDB state and worker files")
+    topic_prefix: str = Field("", description="Prepended verbatim to every topic and group name")
+    partitions: int = Field(6, ge=1, le=1000, description="Partitions of topics Vigil creates")
+    replication_factor: int = Field(1, ge=1, description="Replication of topics Vigil creates")
+    metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port; 0 disables")
+    web_port: int = Field(6066, ge=0, le=65535, description="Faust web port; 0 disables faust's web server")
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    dedup_ids_per_entity: int = Field(1000, ge=1, description="Handled event ids remembered per entity")
+    commit_interval: float = Field(1.0, gt=0, description="Seconds between offset commits")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    llm_model: str = Field("openai/fake", description="litellm model name, e.g. openai/gpt-4o-mini")
+    llm_api_base: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8089/v1")
+    llm_api_key: SecretStr = Field(SecretStr("sk-local"), description="API key for the LLM provider")
+    llm_timeout: float = Field(30.0, gt=0, description="Seconds per LLM request")
+    llm_num_retries: int = Field(2, ge=0, description="litellm Router retries on 429/5xx/timeouts")
+
+    def topic(self, name: str) -> str:
+        """The real name of a catalogue topic: the prefix is prepended verbatim."""
+        return f"{self.topic_prefix}{name}"
+
+    def unprefixed(self, name: str) -> str:
+        return name[len(self.topic_prefix) :] if self.topic_prefix and name.startswith(self.topic_prefix) else name
+
+    @cached_property
+    def group_id(self) -> str:
+        """Faust's app id doubles as the consumer group id and the changelog topic prefix."""
+        return self.topic(self.app_id)
