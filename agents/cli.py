@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 import agents  # noqa: F401 - declares the agents and the llm resource
-from streams.cli import cli
+from streams.cli import cli, configure_logging
 
 from .fake_llm import Faults, serve
 
@@ -14,10 +14,24 @@ from .fake_llm import Faults, serve
 @cli.command("fake-llm")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8089, show_default=True)
-@click.option("--latency-ms", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Delay per request.")
-@click.option("--error-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Share answered with --error-status.")
+@click.option(
+    "--latency-ms", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Delay per request."
+)
+@click.option(
+    "--error-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share answered with --error-status.",
+)
 @click.option("--error-status", type=click.Choice(["429", "500", "503"]), default="500", show_default=True)
-@click.option("--timeout-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Share that hang (client timeout).")
+@click.option(
+    "--timeout-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share that hang (client timeout).",
+)
 @click.option("--hang-seconds", type=click.FloatRange(min=0), default=60.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fault dice.")
 def fake_llm(
@@ -36,4 +50,5 @@ def fake_llm(
 
 
 def main() -> None:
+    configure_logging()
     cli(prog_name="vigil")

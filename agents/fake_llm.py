@@ -56,7 +56,10 @@ def completion(body: dict[str, Any]) -> dict[str, Any]:
                 {
                     "id": f"call_{digest}",
                     "type": "function",
-                    "function": {"name": fn.get("name", "tool"), "arguments": json.dumps({"query": last_user})},
+                    "function": {
+                        "name": fn.get("name", "tool"),
+                        "arguments": json.dumps({"query": last_user}),
+                    },
                 }
             ],
         }
@@ -104,7 +107,9 @@ class FakeLLM:
                 raise ValueError("body must be an object with a 'messages' list")
         except ValueError as exc:
             self.stats["bad_request"] += 1
-            return web.json_response({"error": {"message": str(exc), "type": "invalid_request_error"}}, status=400)
+            return web.json_response(
+                {"error": {"message": str(exc), "type": "invalid_request_error"}}, status=400
+            )
         f = self.faults
         if f.latency_ms:
             await asyncio.sleep(f.latency_ms / 1000)

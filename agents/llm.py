@@ -70,8 +70,13 @@ class LLMClient:
             response = await self._router.acompletion(
                 model=self.ALIAS, messages=messages, **({"tools": tools} if tools else {}), **kwargs
             )
-        except (litellm.RateLimitError, litellm.Timeout, litellm.APIConnectionError, litellm.InternalServerError,
-                litellm.ServiceUnavailableError) as exc:
+        except (
+            litellm.RateLimitError,
+            litellm.Timeout,
+            litellm.APIConnectionError,
+            litellm.InternalServerError,
+            litellm.ServiceUnavailableError,
+        ) as exc:
             raise LLMError(f"{type(exc).__name__}: {exc}", retriable=True) from exc
         except litellm.APIError as exc:
             raise LLMError(f"{type(exc).__name__}: {exc}", retriable=False) from exc

@@ -48,7 +48,9 @@ async def support(event: Envelope[ChatMessageReceivedV2], ctx: Context[SupportSt
         ]
     )
     ctx.state.messages_handled += 1
-    ctx.state.turns.append(Turn(message_id=event.id, user=msg.user, channel=msg.channel, text=msg.text, reply=reply.text))
+    ctx.state.turns.append(
+        Turn(message_id=event.id, user=msg.user, channel=msg.channel, text=msg.text, reply=reply.text)
+    )
     del ctx.state.turns[:-MAX_TURNS]
     await ctx.emit(
         ChatReplyRequestedV1(

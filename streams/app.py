@@ -8,7 +8,9 @@ from .settings import Settings
 
 
 def create_app(settings: Settings) -> faust.App:
-    brokers = [f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",") if server.strip()]
+    brokers = [
+        f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",") if server.strip()
+    ]
     return faust.App(
         settings.group_id,
         broker=brokers,

@@ -8,7 +8,9 @@ error and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -52,6 +54,13 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
+def configure_logging() -> None:
+    """Short-lived commands report failures as one line; the clients' own retry chatter
+    (aiokafka logs every failed connect) would bury it. ``vigil worker`` logs via Faust."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+
+
 @click.group(cls=VigilGroup)
 @click.version_option(package_name="vigil")
 def cli() -> None:
@@ -66,6 +75,7 @@ def worker(ctx: click.Context, agent_names: str | None) -> None:
     """Run a worker for the agents (joins the consumer group VIGIL_APP_ID)."""
     from .worker import run_worker
 
+    logging.getLogger("aiokafka").setLevel(logging.NOTSET)  # a worker's client warnings matter
     names = [n.strip() for n in agent_names.split(",") if n.strip()] if agent_names else None
     if names is not None and not names:
         raise click.BadParameter("no agent names given", param_hint="--agents")
@@ -90,7 +100,9 @@ def _envelopes_from_lines(lines: list[str], source: str) -> list[RawEnvelope]:
             registry.parse(raw)
         except ValidationError as exc:
             first = exc.errors()[0]
-            raise click.ClickException(f"line {n}: invalid envelope: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+            raise click.ClickException(
+                f"line {n}: invalid envelope: {'.'.join(map(str, first['loc']))}: {first['msg']}"
+            ) from None
         except VigilError as exc:
             raise click.ClickException(f"line {n}: {exc}") from None
         envelopes.append(raw)
@@ -153,7 +165,9 @@ def send(
     else:
         stream = file or sys.stdin
         if stream.isatty():
-            raise click.UsageError("give NDJSON envelopes on stdin or as FILE, or use --type/--subject/--data")
+            raise click.UsageError(
+                "give NDJSON envelopes on stdin or as FILE, or use --type/--subject/--data"
+            )
         envelopes = _envelopes_from_lines(stream.read().splitlines(), source)
     by_topic: dict[str, list[codec.EncodedRecord]] = {}
     for env in envelopes:
@@ -182,7 +196,9 @@ def _record_json(rec: ConsumedRecord) -> dict[str, Any]:
         "partition": rec.partition,
         "offset": rec.offset,
         "key": rec.key.decode("utf-8", errors="replace") if rec.key is not None else None,
-        "headers": {k: v.decode("utf-8", errors="replace") if v is not None else None for k, v in rec.headers},
+        "headers": {
+            k: v.decode("utf-8", errors="replace") if v is not None else None for k, v in rec.headers
+        },
         "value": value,
     }
 
@@ -205,7 +221,12 @@ def _print_record(rec: ConsumedRecord, as_json: bool) -> None:
 @click.option("--timeout", type=click.FloatRange(min=0), help="Stop after S seconds.")
 @click.pass_context
 def tail(
-    ctx: click.Context, topic: str, as_json: bool, from_beginning: bool, max_records: int | None, timeout: float | None
+    ctx: click.Context,
+    topic: str,
+    as_json: bool,
+    from_beginning: bool,
+    max_records: int | None,
+    timeout: float | None,
 ) -> None:
     """Print records of TOPIC as they arrive."""
     settings = settings_of(ctx)
@@ -215,14 +236,17 @@ def tail(
         if name not in await kafka.list_topics(settings):
             raise click.ClickException(f"topic {name!r} does not exist")
         async for rec in kafka.read_topics(
-            settings, [name], from_beginning=from_beginning, follow=True, timeout=timeout, max_records=max_records
+            settings,
+            [name],
+            from_beginning=from_beginning,
+            follow=True,
+            timeout=timeout,
+            max_records=max_records,
         ):
             _print_record(rec, as_json)
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         run(go())
-    except KeyboardInterrupt:
-        pass
 
 
 # -- topics -----------------------------------------------------------------------------------
@@ -311,4 +335,5 @@ def add_command(command: Callable[..., Any]) -> None:
 
 
 def main() -> None:
+    configure_logging()
     cli(prog_name="vigil")

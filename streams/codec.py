@@ -46,7 +46,9 @@ def decode(value: bytes | None) -> RawEnvelope:
     except UnicodeDecodeError as exc:
         raise UndecodableError(f"record value is not UTF-8: {exc.reason} at byte {exc.start}") from None
     except json.JSONDecodeError as exc:
-        raise UndecodableError(f"record value is not JSON: {exc.msg} at line {exc.lineno} col {exc.colno}") from None
+        raise UndecodableError(
+            f"record value is not JSON: {exc.msg} at line {exc.lineno} col {exc.colno}"
+        ) from None
     if not isinstance(body, dict):
         raise UndecodableError(f"record value is JSON {type(body).__name__}, not an object")
     try:

@@ -97,7 +97,9 @@ class Dispatcher:
         if record.key != raw.subject.encode():
             # State lives on the partition of the key; a mismatched key would split an entity.
             shown = record.key.decode(errors="replace") if record.key is not None else None
-            raise InvalidEnvelopeError(f"record key {shown!r} must equal the envelope subject {raw.subject!r}")
+            raise InvalidEnvelopeError(
+                f"record key {shown!r} must equal the envelope subject {raw.subject!r}"
+            )
         return registry.parse(raw, target=self.spec.payload)
 
     async def _publish_emits(self, events: list[Envelope[Payload]]) -> None:
@@ -108,9 +110,13 @@ class Dispatcher:
         for topic, records in by_topic.items():
             await self._publish_until_acked(topic, records)
 
-    async def _dead_letter(self, record: ConsumedRecord, exc: BaseException, *, attempts: int, type_: str) -> None:
+    async def _dead_letter(
+        self, record: ConsumedRecord, exc: BaseException, *, attempts: int, type_: str
+    ) -> None:
         reason = reason_of(exc)
-        await self._publish_until_acked(self.dlq_topic, [dead_letter(record, exc, agent=self.spec.name, attempts=attempts)])
+        await self._publish_until_acked(
+            self.dlq_topic, [dead_letter(record, exc, agent=self.spec.name, attempts=attempts)]
+        )
         metrics.DLQ_RECORDS.labels(self.spec.name, reason).inc()
         metrics.EVENTS.labels(self.spec.name, type_, "dlq").inc()
 
@@ -125,6 +131,12 @@ class Dispatcher:
                 raise
             except Exception as exc:  # noqa: BLE001 - every produce failure is retried; the offset stays put
                 metrics.PUBLISH_RETRIES.labels(self.spec.name).inc()
-                log.warning("agent %s: publish to %s failed (%r); retrying in %.1fs", self.spec.name, topic, exc, delay)
+                log.warning(
+                    "agent %s: publish to %s failed (%r); retrying in %.1fs",
+                    self.spec.name,
+                    topic,
+                    exc,
+                    delay,
+                )
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 10.0)

@@ -14,7 +14,10 @@ EVENTS = Counter(
     registry=REGISTRY,
 )
 DLQ_RECORDS = Counter(
-    "vigil_dlq_records_total", "Records sent to a DLQ, by agent and reason", ["agent", "reason"], registry=REGISTRY
+    "vigil_dlq_records_total",
+    "Records sent to a DLQ, by agent and reason",
+    ["agent", "reason"],
+    registry=REGISTRY,
 )
 HANDLER_SECONDS = Histogram(
     "vigil_handler_duration_seconds",

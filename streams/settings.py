@@ -31,7 +31,9 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     llm_model: str = Field("openai/fake", description="litellm model name, e.g. openai/gpt-4o-mini")
-    llm_api_base: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8089/v1")
+    llm_api_base: str | None = Field(
+        None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8089/v1"
+    )
     llm_api_key: SecretStr = Field(SecretStr("sk-local"), description="API key for the LLM provider")
     llm_timeout: float = Field(30.0, gt=0, description="Seconds per LLM request")
     llm_num_retries: int = Field(2, ge=0, description="litellm Router retries on 429/5xx/timeouts")
@@ -41,7 +43,11 @@ class Settings(BaseSettings):
         return f"{self.topic_prefix}{name}"
 
     def unprefixed(self, name: str) -> str:
-        return name[len(self.topic_prefix) :] if self.topic_prefix and name.startswith(self.topic_prefix) else name
+        return (
+            name[len(self.topic_prefix) :]
+            if self.topic_prefix and name.startswith(self.topic_prefix)
+            else name
+        )
 
     @cached_property
     def group_id(self) -> str:

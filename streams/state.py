@@ -41,11 +41,16 @@ class StateStore:
         body = self._table.get(subject)
         if body is None:
             return EntityRecord(self._model() if self._model else None)
+        handled = list(body.get("handled", []))
+        if self._model is None:
+            return EntityRecord(None, handled)
         try:
-            state = self._model.model_validate(body["state"]) if self._model else None
+            state = self._model.model_validate(body["state"])
         except ValidationError as exc:
-            raise ConfigError(f"stored state of {subject!r} no longer fits {self._model.__name__}: {exc}") from None
-        return EntityRecord(state, list(body.get("handled", [])))
+            raise ConfigError(
+                f"stored state of {subject!r} no longer fits {self._model.__name__}: {exc}"
+            ) from None
+        return EntityRecord(state, handled)
 
     def save(self, subject: str, record: EntityRecord, handled_id: str) -> None:
         record.mark_handled(handled_id, self._max_ids)

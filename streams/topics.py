@@ -22,7 +22,9 @@ class TopicSpec:
 
 
 CATALOGUE: tuple[TopicSpec, ...] = (
-    TopicSpec("chat.messages.v1", ("chat.message.received",), "Incoming chat messages, key = conversation id"),
+    TopicSpec(
+        "chat.messages.v1", ("chat.message.received",), "Incoming chat messages, key = conversation id"
+    ),
     TopicSpec("chat.replies.v1", ("chat.reply.requested",), "Replies requested by the support agent"),
 )
 
@@ -30,7 +32,9 @@ DLQ_PREFIX = "dlq."
 
 
 def dlq_topic(agent: str) -> TopicSpec:
-    return TopicSpec(f"{DLQ_PREFIX}{agent}", (), f"Dead letters of agent {agent!r}: original bytes + error headers")
+    return TopicSpec(
+        f"{DLQ_PREFIX}{agent}", (), f"Dead letters of agent {agent!r}: original bytes + error headers"
+    )
 
 
 def by_name(name: str) -> TopicSpec:

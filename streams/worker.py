@@ -42,7 +42,7 @@ class FaustPublisher:
         await asyncio.gather(*pending)
 
 
-def record_of(event: EventT) -> ConsumedRecord:
+def record_of(event: EventT[Any]) -> ConsumedRecord:
     m = event.message
     headers = list(m.headers.items()) if isinstance(m.headers, Mapping) else list(m.headers or ())
     return ConsumedRecord(m.topic, m.partition, m.offset, m.key, m.value, headers, int(m.timestamp * 1000))
@@ -58,7 +58,9 @@ def topics_for(settings: Settings, specs: Iterable[AgentSpec]) -> set[str]:
     return {settings.topic(n) for n in names}
 
 
-def bind_agent(app: faust.App, spec: AgentSpec, settings: Settings, resources: Mapping[str, Any]) -> Dispatcher:
+def bind_agent(
+    app: faust.App, spec: AgentSpec, settings: Settings, resources: Mapping[str, Any]
+) -> Dispatcher:
     source = app.topic(
         settings.topic(spec.topic),
         partitions=settings.partitions,

@@ -1,0 +1,84 @@
+"""Session fixtures: one real Kafka broker per session (ours, started by ops/kafka/kafka.sh
+unless one already answers) and one fake LLM server; every test gets its own topic prefix."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import REPO, VIGIL, Cluster, Proc, free_port, start_process, wait_for
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+BOOTSTRAP = os.environ.get("VIGIL_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+
+
+def _broker_ready(bootstrap: str) -> bool:
+    from aiokafka.client import AIOKafkaClient, CoordinationType
+
+    async def probe() -> None:
+        client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+        try:
+            await asyncio.wait_for(client.bootstrap(), 5)
+            await asyncio.wait_for(client.coordinator_lookup(CoordinationType.GROUP, "vigil-tests"), 10)
+        finally:
+            await client.close()
+
+    try:
+        asyncio.run(probe())
+        return True
+    except Exception:  # noqa: BLE001 - not ready, for whatever reason
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    started = False
+    if not _broker_ready(BOOTSTRAP):
+        port = BOOTSTRAP.rsplit(":", 1)[1]
+        env = {**os.environ, "VIGIL_KAFKA_PORT": port}
+        result = subprocess.run(
+            [str(REPO / "ops/kafka/kafka.sh"), "up"], env=env, capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            pytest.fail(f"could not start Kafka: {result.stderr[-2000:]}")
+        started = True
+    wait_for(lambda: _broker_ready(BOOTSTRAP), 60, "the broker's group coordinator", interval=0.5)
+    yield BOOTSTRAP
+    if started:
+        subprocess.run([str(REPO / "ops/kafka/kafka.sh"), "down"], check=False)
+
+
+@pytest.fixture(scope="session")
+def fake_llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("fake-llm") / "fake-llm.log"
+    proc: Proc = start_process("fake-llm", [*VIGIL, "fake-llm", "--port", str(port)], dict(os.environ), log)
+
+    def healthy() -> bool:
+        assert proc.alive(), f"fake-llm exited: {proc.log()}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    wait_for(healthy, 30, "fake-llm /healthz")
+    yield f"http://127.0.0.1:{port}/v1"
+    proc.stop()
+
+
+@pytest.fixture
+def cluster(kafka_bootstrap: str, fake_llm: str, tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(kafka_bootstrap, f"t{uuid.uuid4().hex[:10]}.", fake_llm, tmp_path)
+    try:
+        yield c
+    finally:
+        c.stop_all()
