@@ -88,7 +88,7 @@ class FakeLLM:
     def __init__(self, faults: Faults | None = None) -> None:
         self.faults = faults or Faults()
         self._rng = random.Random(self.faults.seed)
-        self.stats: dict[str, int] = {"ok": 0, "error": 0, "timeout": 0, "bad_request": 0}
+        self.stats: dict[str, int] = {"received": 0, "ok": 0, "error": 0, "timeout": 0, "bad_request": 0}
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -101,6 +101,7 @@ class FakeLLM:
         return app
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
+        self.stats["received"] += 1
         try:
             body = await request.json()
             if not isinstance(body, dict) or not isinstance(body.get("messages"), list):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import socket
@@ -95,6 +96,8 @@ async def read_all(settings: Settings, topic: str) -> list:  # type: ignore[type
 
 
 def main() -> int:
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # metadata races on fresh topics are retried
     started: list[tuple[subprocess.Popen[bytes], str]] = []
     kafka_started = False
     settings = Settings()

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,36 @@ def start_process(name: str, args: list[str], env: dict[str, str], log_path: Pat
 
 
 @dataclass
+class FakeLLMProc:
+    proc: Proc
+    url: str
+
+    @property
+    def api_base(self) -> str:
+        return f"{self.url}/v1"
+
+    def healthy(self) -> bool:
+        assert self.proc.alive(), f"fake-llm exited: {self.proc.log()}"
+        try:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def stats(self) -> dict[str, int]:
+        with urllib.request.urlopen(f"{self.url}/_stats", timeout=5) as r:
+            return dict(json.loads(r.read()))
+
+    def control(self, **faults: Any) -> None:
+        req = urllib.request.Request(
+            f"{self.url}/_control",
+            data=json.dumps(faults).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        urllib.request.urlopen(req, timeout=5).close()
+
+
+@dataclass
 class Cluster:
     """What one test needs to talk to Vigil: isolated by a unique topic/group prefix."""
 
@@ -122,6 +153,20 @@ class Cluster:
         )
         self.procs.append(proc)
         return proc
+
+    def start_fake_llm(self, *args: str) -> FakeLLMProc:
+        """A fake LLM of this test's own, so fault injection cannot leak into other tests."""
+        port = free_port()
+        proc = start_process(
+            f"fake-llm-{port}",
+            [*VIGIL, "fake-llm", "--port", str(port), *args],
+            self.env(),
+            self.tmp / f"llm-{port}.log",
+        )
+        self.procs.append(proc)
+        llm = FakeLLMProc(proc, f"http://127.0.0.1:{port}")
+        wait_for(llm.healthy, 30, "fake-llm /healthz")
+        return llm
 
     def create_topics(self, *names: str) -> None:
         asyncio.run(kafka.create_topics(self.settings(), [self.prefix + n for n in names]))

@@ -9,7 +9,7 @@ from collections import defaultdict
 import pytest
 
 from streams.context import derived_id
-from tests.support import Cluster
+from tests.support import Cluster, wait_for
 
 from .chat import DLQ, IN, OUT, message, raw
 
@@ -174,30 +174,10 @@ def test_v1_messages_are_upcast_to_v2(cluster: Cluster) -> None:
 
 
 def test_handler_failures_are_dead_lettered_not_acked_silently(cluster: Cluster) -> None:
-    import urllib.request
-
-    from tests.support import VIGIL, free_port, start_process, wait_for
-
-    port = free_port()
-    llm = start_process(
-        "failing-llm",
-        [*VIGIL, "fake-llm", "--port", str(port), "--error-rate", "1", "--error-status", "500"],
-        cluster.env(),
-        cluster.tmp / "failing-llm.log",
-    )
-    cluster.procs.append(llm)
-
-    def up() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                return True
-        except OSError:
-            return False
-
-    wait_for(up, 30, "failing fake-llm")
+    llm = cluster.start_fake_llm("--error-rate", "1", "--error-status", "500")
     cluster.create_topics(IN)
     cluster.produce(IN, [message("c-f", "first", id="f-1"), message("c-f", "second", id="f-2")])
-    worker = cluster.start_worker(VIGIL_LLM_API_BASE=f"http://127.0.0.1:{port}/v1", VIGIL_LLM_NUM_RETRIES="0")
+    worker = cluster.start_worker(VIGIL_LLM_API_BASE=llm.api_base, VIGIL_LLM_NUM_RETRIES="0")
     dlq = cluster.wait_records(DLQ, 2, procs=[worker])
     headers = [{k: v.decode() for k, v in r.headers} for r in dlq]
     assert [h["ce_id"] for h in headers] == ["f-1", "f-2"]
@@ -205,13 +185,26 @@ def test_handler_failures_are_dead_lettered_not_acked_silently(cluster: Cluster)
     assert all(h["vigil_attempts"] == "1" and "500" in h["vigil_error_message"] for h in headers)
 
     # The LLM recovers; the worker kept running, and dead-lettered messages did not count as handled.
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/_control",
-        data=b'{"error_rate": 0}',
-        headers={"Content-Type": "application/json"},
-    )
-    urllib.request.urlopen(req, timeout=5).close()
+    llm.control(error_rate=0)
     cluster.produce(IN, [message("c-f", "third", id="f-3")])
     cluster.wait_records(OUT, 1, procs=[worker])
     got = replies_by_conversation(cluster)["c-f"]
     assert [(r["data"]["in_reply_to"], r["data"]["sequence"]) for r in got] == [("f-3", 1)]
+
+
+def test_stop_during_an_inflight_handler_neither_loses_nor_duplicates(cluster: Cluster) -> None:
+    """SIGTERM while the handler is inside a slow LLM call: the record is either finished during
+    the graceful stop or redelivered after the restart; never lost, never answered twice."""
+    llm = cluster.start_fake_llm("--latency-ms", "4000")
+    cluster.create_topics(IN)
+    data_dir = cluster.tmp / "data-inflight"
+    cluster.produce(IN, [message("c-s", "slow one", id="s-1")])
+    worker = cluster.start_worker("a", data_dir=data_dir, VIGIL_LLM_API_BASE=llm.api_base)
+    wait_for(lambda: llm.stats()["received"] >= 1, 60, "the handler to be inside its LLM call")
+    assert worker.stop() == 0
+    llm.control(latency_ms=0)
+    cluster.produce(IN, [message("c-s", "next", id="s-2")])
+    worker = cluster.start_worker("b", data_dir=data_dir, VIGIL_LLM_API_BASE=llm.api_base)
+    cluster.wait_records(OUT, 2, procs=[worker])
+    got = replies_by_conversation(cluster)["c-s"]
+    assert [(r["data"]["in_reply_to"], r["data"]["sequence"]) for r in got] == [("s-1", 1), ("s-2", 2)]
