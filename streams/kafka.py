@@ -5,34 +5,61 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.client import AIOKafkaClient, CoordinationType
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from .codec import EncodedRecord
 from .errors import BrokerUnavailableError
 from .records import ConsumedRecord
 from .settings import Settings
 
+START_TIMEOUT = 15.0
+
 
 def _unreachable(settings: Settings, exc: BaseException) -> BrokerUnavailableError:
     return BrokerUnavailableError(f"cannot reach Kafka at {settings.kafka_bootstrap} ({type(exc).__name__})")
 
 
+C = TypeVar("C")
+
+
 @asynccontextmanager
-async def admin(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
-    client = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000)
+async def _started(
+    settings: Settings, client: C, start: Callable[[], Awaitable[Any]], stop: Callable[[], Awaitable[Any]]
+) -> AsyncIterator[C]:
+    """A started client, or one ``BrokerUnavailableError`` naming the bootstrap servers."""
     try:
-        await asyncio.wait_for(client.start(), 15)
+        await asyncio.wait_for(start(), START_TIMEOUT)
     except (KafkaError, OSError, TimeoutError) as exc:
-        await client.close()
+        await stop()
         raise _unreachable(settings, exc) from None
     try:
         yield client
+    finally:
+        await stop()
+
+
+def admin(settings: Settings) -> AbstractAsyncContextManager[AIOKafkaAdminClient]:
+    client = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000)
+    return _started(settings, client, client.start, client.close)
+
+
+async def broker_ready(bootstrap: str) -> bool:
+    """A metadata request and a group-coordinator lookup both answer: right after a cold start
+    the first group join otherwise races the creation of ``__consumer_offsets``."""
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    try:
+        await asyncio.wait_for(client.bootstrap(), 5)
+        await asyncio.wait_for(client.coordinator_lookup(CoordinationType.GROUP, "vigil-probe"), 10)
+        return True
+    except (KafkaError, OSError, TimeoutError):
+        return False
     finally:
         await client.close()
 
@@ -57,20 +84,11 @@ async def list_topics(settings: Settings) -> list[str]:
         return sorted(await client.list_topics())
 
 
-@asynccontextmanager
-async def producer(settings: Settings, **kwargs: Any) -> AsyncIterator[AIOKafkaProducer]:
+def producer(settings: Settings, **kwargs: Any) -> AbstractAsyncContextManager[AIOKafkaProducer]:
     prod = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True, **kwargs
     )
-    try:
-        await asyncio.wait_for(prod.start(), 15)
-    except (KafkaConnectionError, OSError, TimeoutError) as exc:
-        await prod.stop()
-        raise _unreachable(settings, exc) from None
-    try:
-        yield prod
-    finally:
-        await prod.stop()
+    return _started(settings, prod, prod.start, prod.stop)
 
 
 async def produce(settings: Settings, topic: str, records: Sequence[EncodedRecord]) -> None:
@@ -91,12 +109,7 @@ async def read_topics(
     """Records of ``topics`` without joining a group. Without ``follow``, stops at the end
     offsets seen at start; with it, waits for more until ``timeout`` or ``max_records``."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
-    try:
-        await asyncio.wait_for(consumer.start(), 15)
-    except (KafkaConnectionError, OSError, TimeoutError) as exc:
-        await consumer.stop()
-        raise _unreachable(settings, exc) from None
-    try:
+    async with _started(settings, consumer, consumer.start, consumer.stop):
         tps: list[TopicPartition] = []
         for t in topics:
             parts = consumer.partitions_for_topic(t)
@@ -132,8 +145,6 @@ async def read_topics(
                     seen += 1
                     if max_records is not None and seen >= max_records:
                         return
-    finally:
-        await consumer.stop()
 
 
 async def _at_end(consumer: AIOKafkaConsumer, tp: TopicPartition, end: int) -> bool:

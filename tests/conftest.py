@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from streams import kafka
 from tests.support import REPO, VIGIL, Cluster, Proc, free_port, start_process, wait_for
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -21,21 +22,7 @@ BOOTSTRAP = os.environ.get("VIGIL_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 
 
 def _broker_ready(bootstrap: str) -> bool:
-    from aiokafka.client import AIOKafkaClient, CoordinationType
-
-    async def probe() -> None:
-        client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
-        try:
-            await asyncio.wait_for(client.bootstrap(), 5)
-            await asyncio.wait_for(client.coordinator_lookup(CoordinationType.GROUP, "vigil-tests"), 10)
-        finally:
-            await client.close()
-
-    try:
-        asyncio.run(probe())
-        return True
-    except Exception:  # noqa: BLE001 - not ready, for whatever reason
-        return False
+    return asyncio.run(kafka.broker_ready(bootstrap))
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@
 #   VIGIL_KAFKA_PORT             client port on 127.0.0.1 (default 9092)
 #   VIGIL_KAFKA_CONTROLLER_PORT  KRaft controller port (default 9093)
 #   VIGIL_KAFKA_READY_TIMEOUT    seconds to wait for readiness (default 90)
-#   VIGIL_PYTHON                 python with aiokafka for the readiness probe (default <repo>/.venv/bin/python)
+#   VIGIL_PYTHON                 python with vigil installed, for the readiness probe (default <repo>/.venv/bin/python)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -91,10 +91,10 @@ format_once() {
 }
 
 probe() {
-  if [ -x "$py" ] && "$py" -c "import aiokafka" 2>/dev/null; then
+  if [ -x "$py" ] && "$py" -c "import streams.kafka" 2>/dev/null; then
     "$py" "$here/probe.py" "127.0.0.1:$port" 2>/dev/null
   else
-    # Without aiokafka we can only check the port; the caller's first group join may retry.
+    # Without vigil installed we can only check the port; the caller's first group join may retry.
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null
   fi
 }
