@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from streams import kafka
-from tests.support import REPO, VIGIL, Cluster, Proc, free_port, start_process, wait_for
+from tests.support import REPO, Cluster, start_fake_llm, wait_for
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -45,21 +44,9 @@ def kafka_bootstrap() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def fake_llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    log = tmp_path_factory.mktemp("fake-llm") / "fake-llm.log"
-    proc: Proc = start_process("fake-llm", [*VIGIL, "fake-llm", "--port", str(port)], dict(os.environ), log)
-
-    def healthy() -> bool:
-        assert proc.alive(), f"fake-llm exited: {proc.log()}"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
-    wait_for(healthy, 30, "fake-llm /healthz")
-    yield f"http://127.0.0.1:{port}/v1"
-    proc.stop()
+    llm = start_fake_llm(tmp_path_factory.mktemp("fake-llm"), dict(os.environ))
+    yield llm.api_base
+    llm.proc.stop()
 
 
 @pytest.fixture

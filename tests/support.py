@@ -114,6 +114,17 @@ class FakeLLMProc:
         urllib.request.urlopen(req, timeout=5).close()
 
 
+def start_fake_llm(log_dir: Path, env: dict[str, str], *args: str) -> FakeLLMProc:
+    """``vigil fake-llm`` on a free port, returned once /healthz answers."""
+    port = free_port()
+    proc = start_process(
+        f"fake-llm-{port}", [*VIGIL, "fake-llm", "--port", str(port), *args], env, log_dir / f"llm-{port}.log"
+    )
+    llm = FakeLLMProc(proc, f"http://127.0.0.1:{port}")
+    wait_for(llm.healthy, 30, "fake-llm /healthz")
+    return llm
+
+
 @dataclass
 class Cluster:
     """What one test needs to talk to Vigil: isolated by a unique topic/group prefix."""
@@ -156,16 +167,8 @@ class Cluster:
 
     def start_fake_llm(self, *args: str) -> FakeLLMProc:
         """A fake LLM of this test's own, so fault injection cannot leak into other tests."""
-        port = free_port()
-        proc = start_process(
-            f"fake-llm-{port}",
-            [*VIGIL, "fake-llm", "--port", str(port), *args],
-            self.env(),
-            self.tmp / f"llm-{port}.log",
-        )
-        self.procs.append(proc)
-        llm = FakeLLMProc(proc, f"http://127.0.0.1:{port}")
-        wait_for(llm.healthy, 30, "fake-llm /healthz")
+        llm = start_fake_llm(self.tmp, self.env(), *args)
+        self.procs.append(llm.proc)
         return llm
 
     def create_topics(self, *names: str) -> None:

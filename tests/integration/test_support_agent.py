@@ -8,6 +8,8 @@ from collections import defaultdict
 
 import pytest
 
+from agents.fake_llm import completion
+from agents.support import SYSTEM_PROMPT
 from streams.context import derived_id
 from tests.support import Cluster, wait_for
 
@@ -95,8 +97,20 @@ def test_state_survives_restart_and_changelog_rebuild(cluster: Cluster) -> None:
         ("r-3", 3),
         ("r-4", 4),
     ]
-    # the LLM saw the earlier turns restored from state (history is part of the prompt)
-    assert len(cluster.read(OUT)) == 4
+    # The last prompt carried the three earlier turns restored from the changelog: the fake LLM's
+    # reply is a digest of the whole prompt, so recompute it from the history we expect.
+    history: list[dict[str, str]] = []
+    for reply, text in zip(got[:3], ("m1", "m2", "m3"), strict=True):
+        history += [
+            {"role": "user", "content": f"[slack] ann: {text}"},
+            {"role": "assistant", "content": reply["data"]["text"]},
+        ]
+    prompt = [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        *history,
+        {"role": "user", "content": "[slack] ann: m4"},
+    ]
+    assert got[3]["data"]["text"] == completion({"messages": prompt})["choices"][0]["message"]["content"]
 
 
 def test_poison_and_unknown_versions_go_to_dlq_and_later_records_flow(cluster: Cluster) -> None:
