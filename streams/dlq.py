@@ -20,6 +20,14 @@ H_ORIGIN_OFFSET = "vigil_origin_offset"
 H_AGENT = "vigil_agent"
 H_ATTEMPTS = "vigil_attempts"
 H_FAILED_AT = "vigil_failed_at"
+#: set on a record re-produced from a DLQ: "<dlq topic>:<partition>:<offset>"
+H_REPLAY = "vigil_replay"
+#: a control record for the agent named in ``H_AGENT``; its key is the subject it acts on
+H_CONTROL = "vigil_control"
+CONTROL_RELEASE = "release"
+
+#: reason of records a parked subject sends to the DLQ (agent policy ``on_dead_letter="park"``)
+REASON_PARKED = "parked"
 
 VIGIL_HEADERS = (
     H_REASON,
@@ -55,3 +63,13 @@ def dead_letter(record: ConsumedRecord, exc: BaseException, *, agent: str, attem
         (H_FAILED_AT, datetime.now(UTC).isoformat().encode()),
     ]
     return EncodedRecord(key=record.key, value=record.value, headers=headers)
+
+
+def control_record(agent: str, subject: str, action: str) -> EncodedRecord:
+    """Produced to the agent's source topic with the subject as key, so it lands on the
+    subject's partition and is ordered with its events; the worker never dead-letters it."""
+    return EncodedRecord(
+        key=subject.encode(),
+        value=b"{}",
+        headers=[(H_CONTROL, action.encode()), (H_AGENT, agent.encode())],
+    )
