@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
@@ -20,11 +20,13 @@ from schemas import Envelope, Payload
 from . import topics
 from .context import Context
 from .errors import ConfigError
+from .retry import Retry
 from .settings import Settings
 
 Handler = Callable[[Envelope[Any], Context[Any]], Awaitable[None]]
 H = TypeVar("H", bound=Handler)
 ResourceFactory = Callable[[Settings], Any]
+OnDeadLetter = Literal["continue", "park"]
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
@@ -38,6 +40,15 @@ class AgentSpec:
     state: type[BaseModel] | None
     emits: tuple[type[Payload], ...]
     handler: Handler
+    #: records of distinct subjects in flight at once (None: ``Settings.concurrency``)
+    concurrency: int | None = None
+    #: records fetched but unfinished before fetching pauses (None: ``Settings.max_buffered``)
+    max_buffered: int | None = None
+    retry: Retry = field(default_factory=Retry)
+    #: what later records of a subject do after one of its records was dead-lettered:
+    #: "continue" handles them; "park" dead-letters them (reason "parked") until
+    #: ``vigil dlq release SUBJECT``
+    on_dead_letter: OnDeadLetter = "continue"
 
     @property
     def dlq_topic(self) -> str:
@@ -64,6 +75,10 @@ class Runtime:
         topic: str | None = None,
         state: type[BaseModel] | None = None,
         emits: Iterable[type[Payload]] = (),
+        concurrency: int | None = None,
+        max_buffered: int | None = None,
+        retry: Retry | None = None,
+        on_dead_letter: OnDeadLetter = "continue",
     ) -> Callable[[H], H]:
         def register(fn: H) -> H:
             agent_name = name or fn.__name__
@@ -76,7 +91,24 @@ class Runtime:
             emitted = tuple(emits)
             for model in emitted:
                 topics.for_type(model.event_type)  # fail at import, not at the first emit
-            self._agents[agent_name] = AgentSpec(agent_name, source, payload, state, emitted, fn)
+            if concurrency is not None and concurrency < 1:
+                raise ConfigError(f"agent {agent_name!r}: concurrency must be >= 1")
+            if max_buffered is not None and max_buffered < 1:
+                raise ConfigError(f"agent {agent_name!r}: max_buffered must be >= 1")
+            if on_dead_letter not in ("continue", "park"):
+                raise ConfigError(f"agent {agent_name!r}: on_dead_letter must be 'continue' or 'park'")
+            self._agents[agent_name] = AgentSpec(
+                agent_name,
+                source,
+                payload,
+                state,
+                emitted,
+                fn,
+                concurrency=concurrency,
+                max_buffered=max_buffered,
+                retry=retry or Retry(),
+                on_dead_letter=on_dead_letter,
+            )
             return fn
 
         return register

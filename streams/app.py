@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import faust
-
+from .consumer import VigilApp
 from .settings import Settings
 
 
-def create_app(settings: Settings) -> faust.App:
+def create_app(settings: Settings) -> VigilApp:
     brokers = [
         f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",") if server.strip()
     ]
-    return faust.App(
+    app = VigilApp(
         settings.group_id,
         broker=brokers,
         store="rocksdb://",  # faust's RocksDB store; tables pick the rocksdict driver (streams.worker)
@@ -31,4 +30,10 @@ def create_app(settings: Settings) -> faust.App:
         web_bind="127.0.0.1",
         web_host="127.0.0.1",
         table_standby_replicas=0,
+        # Vigil drains its own schedulers with a deadline (streams.consumer.VigilApp);
+        # Faust's unbounded wait would outlive the rebalance timeout with slow handlers.
+        stream_wait_empty=False,
     )
+    app.drain_timeout = settings.drain_timeout
+    app.vigil_fail_commits = settings.fail_commits
+    return app

@@ -32,8 +32,11 @@ class Context(Generic[S]):
         state: S,
         emits: tuple[type[Payload], ...],
         resources: Mapping[str, Any],
+        attempt: int = 1,
     ) -> None:
         self.agent = agent
+        #: 1 on the first try of this event in this process, 2 on its first retry, ...
+        self.attempt = attempt
         self.event = event
         self.state = state
         self.resources = resources

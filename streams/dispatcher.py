@@ -1,4 +1,5 @@
-"""One record through one agent: decode -> validate/upcast -> dedup -> handler -> emit -> state.
+"""One record through one agent: decode -> validate/upcast -> dedup -> park check ->
+handler (retried per the agent's policy) -> emit -> state.
 
 Every outcome is durable before ``handle`` returns: emitted events and dead letters are
 acknowledged by the broker, the state write is queued to the changelog (flushed before the
@@ -15,19 +16,32 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
 
+from tenacity import RetryCallState
+
 from schemas import Envelope, InvalidEnvelopeError, Payload, VigilError, registry
 
 from . import codec, metrics, topics
 from .agent import AgentSpec
 from .context import Context
-from .dlq import dead_letter, reason_of
+from .dlq import CONTROL_RELEASE, H_AGENT, H_CONTROL, REASON_PARKED, dead_letter, reason_of
 from .records import ConsumedRecord
 from .settings import Settings
-from .state import StateStore
+from .state import EntityRecord, StateStore
 
 log = logging.getLogger(__name__)
 
-Outcome = Literal["ok", "duplicate", "dlq"]
+Outcome = Literal["ok", "duplicate", "dlq", "parked", "control"]
+
+
+class ParkedError(VigilError):
+    """A record of a subject that is parked after an earlier record was dead-lettered."""
+
+    reason = REASON_PARKED
+
+    def __init__(self, subject: str) -> None:
+        super().__init__(
+            f"subject {subject!r} is parked; run `vigil dlq release {subject}` after fixing the cause"
+        )
 
 
 class Publisher(Protocol):
@@ -52,6 +66,9 @@ class Dispatcher:
         self.dlq_topic = settings.topic(spec.dlq_topic)
 
     async def handle(self, record: ConsumedRecord) -> Outcome:
+        control = codec.header(record.headers, H_CONTROL)
+        if control is not None:
+            return await self._control(record, control)
         try:
             event = self._decode(record)
         except VigilError as exc:
@@ -66,31 +83,87 @@ class Dispatcher:
         if entity.has_handled(event.id):
             metrics.EVENTS.labels(self.spec.name, event.type, "duplicate").inc()
             return "duplicate"
+        if entity.parked and self.spec.on_dead_letter == "park":
+            await self._dead_letter(record, ParkedError(event.subject), attempts=0, type_=event.type)
+            metrics.EVENTS.labels(self.spec.name, event.type, "parked").inc()
+            return "parked"
 
-        ctx: Context[Any] = Context(
-            agent=self.spec.name,
-            event=event,
-            state=entity.state,
-            emits=self.spec.emits,
-            resources=self.resources,
-        )
-        started = time.perf_counter()
-        try:
-            await self.spec.handler(event, ctx)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any handler failure is dead-lettered, never acked silently
-            log.warning("agent %s: handler failed on %s: %r", self.spec.name, event.id, exc)
-            await self._dead_letter(record, exc, attempts=1, type_=event.type)
+        ctx, failure, attempts = await self._run_handler(event, entity)
+        if failure is not None:
+            log.warning(
+                "agent %s: handler failed on %s after %d attempt(s): %r",
+                self.spec.name,
+                event.id,
+                attempts,
+                failure,
+            )
+            await self._dead_letter(record, failure, attempts=attempts, type_=event.type)
+            if self.spec.on_dead_letter == "park":
+                entity.parked = True
+                self.store.save(event.subject, entity, None)
             return "dlq"
-        finally:
-            metrics.HANDLER_SECONDS.labels(self.spec.name).observe(time.perf_counter() - started)
 
+        assert ctx is not None
         await self._publish_emits(ctx.pending)
         entity.state = ctx.state
         self.store.save(event.subject, entity, event.id)
         metrics.EVENTS.labels(self.spec.name, event.type, "ok").inc()
         return "ok"
+
+    async def _run_handler(
+        self, event: Envelope[Payload], entity: EntityRecord
+    ) -> tuple[Context[Any] | None, BaseException | None, int]:
+        """Each attempt starts from the stored state; only a successful one is kept."""
+        attempts = 0
+
+        def on_retry(_: RetryCallState) -> None:
+            metrics.EVENTS.labels(self.spec.name, event.type, "retried").inc()
+
+        retrying = self.spec.retry.retrying(before_sleep=on_retry)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts = attempt.retry_state.attempt_number
+                    state = entity.state.model_copy(deep=True) if entity.state is not None else None
+                    ctx: Context[Any] = Context(
+                        agent=self.spec.name,
+                        event=event,
+                        state=state,
+                        emits=self.spec.emits,
+                        resources=self.resources,
+                        attempt=attempts,
+                    )
+                    started = time.perf_counter()
+                    try:
+                        await self.spec.handler(event, ctx)
+                    finally:
+                        metrics.HANDLER_SECONDS.labels(self.spec.name).observe(time.perf_counter() - started)
+                    return ctx, None, attempts
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any handler failure is retried or dead-lettered, never acked silently
+            return None, exc, attempts
+        raise AssertionError("tenacity stopped without a result")  # pragma: no cover
+
+    async def _control(self, record: ConsumedRecord, action: bytes) -> Outcome:
+        agent = codec.header(record.headers, H_AGENT)
+        if agent is not None and agent.decode(errors="replace") != self.spec.name:
+            return "control"  # addressed to another agent on the same topic
+        if action.decode(errors="replace") != CONTROL_RELEASE or record.key is None:
+            exc = InvalidEnvelopeError(f"unknown control record {action!r} (key {record.key!r})")
+            await self._dead_letter(record, exc, attempts=0, type_="control")
+            return "dlq"
+        subject = record.key.decode(errors="replace")
+        try:
+            entity = self.store.load(subject)
+        except VigilError as exc:
+            await self._dead_letter(record, exc, attempts=0, type_="control")
+            return "dlq"
+        if entity.parked:
+            entity.parked = False
+            self.store.save(subject, entity, None)
+            log.info("agent %s: subject %r released", self.spec.name, subject)
+        return "control"
 
     def _decode(self, record: ConsumedRecord) -> Envelope[Payload]:
         raw = codec.decode(record.value)

@@ -28,6 +28,18 @@ class Settings(BaseSettings):
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     dedup_ids_per_entity: int = Field(1000, ge=1, description="Handled event ids remembered per entity")
     commit_interval: float = Field(1.0, gt=0, description="Seconds between offset commits")
+    concurrency: int = Field(
+        16, ge=1, le=10000, description="Default records of distinct subjects in flight per agent"
+    )
+    max_buffered: int = Field(
+        1000, ge=1, description="Default fetched-but-unfinished records per agent before fetching pauses"
+    )
+    drain_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds in-flight records may finish on rebalance/stop before they are cancelled",
+    )
+    fail_commits: int = Field(0, ge=0, description="Testing failpoint: the first N offset commits fail")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     llm_model: str = Field("openai/fake", description="litellm model name, e.g. openai/gpt-4o-mini")

@@ -19,6 +19,8 @@ class EntityRecord:
     state: BaseModel | None
     #: handled event ids, oldest first, bounded by ``Settings.dedup_ids_per_entity``
     handled: list[str] = field(default_factory=list)
+    #: set when a record of this subject was dead-lettered under ``on_dead_letter="park"``
+    parked: bool = False
 
     def has_handled(self, event_id: str) -> bool:
         return event_id in self.handled
@@ -42,21 +44,25 @@ class StateStore:
         if body is None:
             return EntityRecord(self._model() if self._model else None)
         handled = list(body.get("handled", []))
+        parked = bool(body.get("parked", False))
         if self._model is None:
-            return EntityRecord(None, handled)
+            return EntityRecord(None, handled, parked)
         try:
             state = self._model.model_validate(body["state"])
         except ValidationError as exc:
             raise ConfigError(
                 f"stored state of {subject!r} no longer fits {self._model.__name__}: {exc}"
             ) from None
-        return EntityRecord(state, handled)
+        return EntityRecord(state, handled, parked)
 
-    def save(self, subject: str, record: EntityRecord, handled_id: str) -> None:
-        record.mark_handled(handled_id, self._max_ids)
-        body = {
+    def save(self, subject: str, record: EntityRecord, handled_id: str | None) -> None:
+        if handled_id is not None:
+            record.mark_handled(handled_id, self._max_ids)
+        body: dict[str, Any] = {
             "v": FORMAT_VERSION,
             "state": record.state.model_dump(mode="json") if record.state is not None else None,
             "handled": record.handled,
         }
+        if record.parked:
+            body["parked"] = True
         self._table[subject] = body

@@ -2,8 +2,9 @@
 
 Faust acks a record when an agent raises and when its task is cancelled (the ack sits in a
 ``finally`` around the ``yield`` of ``Stream.__aiter__``), so Vigil turns Faust's acks off for
-its streams and acks a record itself, only after ``Dispatcher.handle`` made its outcome
-durable. Values are consumed as raw bytes so decoding errors stay inside Vigil's handling
+its streams. Each agent's stream only feeds a ``KeyOrderedScheduler``; a record counts as
+finished (and its offset becomes committable, see ``streams.consumer``) only after
+``Dispatcher.handle`` made its outcome durable. Values are consumed as raw bytes so decoding errors stay inside Vigil's handling
 (Faust acks first and raises after on a value it cannot deserialize).
 """
 
@@ -11,19 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import faust
+import faust.streams as faust_streams
 from faust.types import EventT, StreamT
 
 from . import kafka, metrics, topics
 from .agent import AgentSpec, Runtime
 from .app import create_app
 from .codec import EncodedRecord
+from .consumer import VigilApp
 from .dispatcher import Dispatcher
 from .errors import ConfigError
+from .offsets import OffsetTracker
 from .records import ConsumedRecord
+from .scheduler import KeyOrderedScheduler
 from .settings import Settings
 from .state import StateStore
 
@@ -48,6 +55,18 @@ def record_of(event: EventT[Any]) -> ConsumedRecord:
     return ConsumedRecord(m.topic, m.partition, m.offset, m.key, m.value, headers, int(m.timestamp * 1000))
 
 
+class VigilWorker(faust.Worker):
+    """The first SIGTERM/SIGINT stops gracefully (stop fetching, drain in-flight records up to
+    ``drain_timeout``, commit, close tables); a second one exits at once. Exiting without a
+    commit loses nothing: unfinished records are simply redelivered."""
+
+    def _schedule_shutdown(self, signal: Any) -> None:
+        if self._signal_stop_time:
+            log.warning("second %s: exiting now without draining", signal.name)
+            os._exit(128 + int(signal))
+        super()._schedule_shutdown(signal)
+
+
 def topics_for(settings: Settings, specs: Iterable[AgentSpec]) -> set[str]:
     """Every topic the selected agents read or write, prefixed (changelogs are Faust's)."""
     names: set[str] = set()
@@ -59,10 +78,11 @@ def topics_for(settings: Settings, specs: Iterable[AgentSpec]) -> set[str]:
 
 
 def bind_agent(
-    app: faust.App, spec: AgentSpec, settings: Settings, resources: Mapping[str, Any]
+    app: VigilApp, spec: AgentSpec, settings: Settings, resources: Mapping[str, Any]
 ) -> Dispatcher:
+    topic_name = settings.topic(spec.topic)
     source = app.topic(
-        settings.topic(spec.topic),
+        topic_name,
         partitions=settings.partitions,
         key_serializer="raw",
         value_serializer="raw",
@@ -82,18 +102,58 @@ def bind_agent(
         resources,
     )
 
+    def hold() -> None:
+        log.info("agent %s: %d records buffered, pausing %s", spec.name, scheduler.buffered, topic_name)
+        app.vigil_consumer.hold(topic_name)
+
+    def release() -> None:
+        log.info("agent %s: buffer drained to %d, resuming %s", spec.name, scheduler.buffered, topic_name)
+        app.vigil_consumer.release(topic_name)
+
+    async def process(event: EventT[Any]) -> None:
+        # Tables find the partition of a write through Faust's current event, which is
+        # task-local and only set inside the stream's own iteration.
+        faust_streams._current_event.set(weakref.ref(event))
+        await dispatcher.handle(record_of(event))
+        event.ack()
+
+    scheduler: KeyOrderedScheduler[EventT[Any]] = KeyOrderedScheduler(
+        process,
+        OffsetTracker(topic_name),
+        concurrency=spec.concurrency or settings.concurrency,
+        max_buffered=spec.max_buffered or settings.max_buffered,
+        on_pause=hold,
+        on_resume=release,
+        name=f"vigil.{spec.name}",
+    )
+    app.add_drainable(scheduler)
+
+    async def feed(stream: StreamT[Any]) -> None:
+        async for event in stream.events():
+            m = event.message
+            scheduler.submit(m.tp, m.offset, m.key, event)
+
     async def consume(stream: StreamT[Any]) -> None:
         stream.enable_acks = False
-        async for event in stream.events():
-            await dispatcher.handle(record_of(event))
-            await stream.ack(event)
+        scheduler.start()
+        feeding = asyncio.ensure_future(feed(stream))
+        failing = asyncio.ensure_future(scheduler.wait_failed())
+        try:
+            done, _ = await asyncio.wait({feeding, failing}, return_when=asyncio.FIRST_COMPLETED)
+            if failing in done:
+                raise failing.result()  # a bug, not a bad record: crash, nothing is committed past it
+            feeding.result()
+        finally:
+            feeding.cancel()
+            failing.cancel()
+            await scheduler.stop()
 
     consume.__name__ = consume.__qualname__ = f"vigil_{spec.name}"
     app.agent(source, name=f"vigil.{spec.name}")(consume)
     return dispatcher
 
 
-def build_app(settings: Settings, specs: Sequence[AgentSpec], resources: Mapping[str, Any]) -> faust.App:
+def build_app(settings: Settings, specs: Sequence[AgentSpec], resources: Mapping[str, Any]) -> VigilApp:
     app = create_app(settings)
     for spec in specs:
         bind_agent(app, spec, settings, resources)
@@ -115,5 +175,5 @@ def run_worker(settings: Settings, runtime: Runtime, agent_names: Sequence[str] 
     asyncio.set_event_loop(loop)
     app = build_app(settings, specs, runtime.build_resources(settings))
     metrics.serve(settings.metrics_port)
-    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True, loop=loop)
+    worker = VigilWorker(app, loglevel=settings.log_level.upper(), quiet=True, loop=loop)
     worker.execute_from_commandline()

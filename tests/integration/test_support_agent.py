@@ -196,7 +196,9 @@ def test_handler_failures_are_dead_lettered_not_acked_silently(cluster: Cluster)
     headers = [{k: v.decode() for k, v in r.headers} for r in dlq]
     assert [h["ce_id"] for h in headers] == ["f-1", "f-2"]
     assert {h["vigil_reason"] for h in headers} == {"llm_error"}
-    assert all(h["vigil_attempts"] == "1" and "500" in h["vigil_error_message"] for h in headers)
+    # the agent's default policy: 3 attempts, each one LLM request (the router's own retries are off)
+    assert all(h["vigil_attempts"] == "3" and "500" in h["vigil_error_message"] for h in headers)
+    assert llm.stats()["received"] == 6
 
     # The LLM recovers; the worker kept running, and dead-lettered messages did not count as handled.
     llm.control(error_rate=0)

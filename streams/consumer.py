@@ -1,0 +1,194 @@
+"""Faust's consumer and app, with the offset bookkeeping and rebalance drain Vigil owns.
+
+Faust gets three things wrong for concurrent handlers, each checked in its source (0.15.3):
+
+- ``Consumer._new_offset`` commits past an unacked record at the head of a partition once
+  later ones are acked (#606). Here the committable offset comes from the agents'
+  ``OffsetTracker``: the lowest unfinished offset, never beyond.
+- ``Consumer._commit_offsets`` records an offset as committed even when the commit failed
+  (#316), so an idle partition never retries it. Here a failed commit leaves the old value and
+  the next commit tick tries again.
+- ``stream_wait_empty`` waits without a deadline for in-flight work on every rebalance, which
+  outlives the rebalance timeout when handlers are slow. Here the app drains each agent's
+  scheduler with a deadline, cancels what is left (uncommitted, so redelivered), then commits.
+
+The driver's ``_commit`` crashes the worker on any error but "already rebalanced"; a broker
+restart must not kill workers, so retriable Kafka errors only skip this commit tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Collection, Iterator, Mapping
+from typing import Any, Protocol
+
+import faust
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+from .offsets import OffsetTracker
+
+log = logging.getLogger(__name__)
+
+
+class Drainable(Protocol):
+    tracker: OffsetTracker
+
+    async def drain(self, tps: Collection[TP] | None, grace: float) -> int: ...
+
+
+class VigilConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        consumer = self._ensure_consumer()
+        assignment = self.assignment()
+        committable = {
+            faust_aiokafka.ensure_aiokafka_TP(tp): OffsetAndMetadata(offset, "")
+            for tp, offset in offsets.items()
+            if tp in assignment
+        }
+        if not committable:
+            return False
+        try:
+            app = self.consumer.app
+            if getattr(app, "vigil_fail_commits", 0) > 0:
+                app.vigil_fail_commits -= 1  # type: ignore[attr-defined]
+                raise CommitFailedError("failpoint: commit fails as if the group already rebalanced")
+            await consumer.commit(committable)
+        except CommitFailedError as exc:
+            log.warning("offset commit failed (%s); it is retried on the next tick", exc)
+            return False
+        except KafkaError as exc:
+            if not exc.retriable and not isinstance(exc, ConnectionError):
+                raise
+            log.warning("offset commit failed (%r); it is retried on the next tick", exc)
+            return False
+        return True
+
+
+class VigilConsumer(faust_aiokafka.Consumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._held_topics: set[str] = set()
+        #: failed commits, for tests and metrics
+        self.commit_failures = 0
+
+    def _new_consumer_thread(self) -> VigilConsumerThread:
+        return VigilConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    # -- offsets -------------------------------------------------------------------------
+    def _trackers(self) -> list[OffsetTracker]:
+        app = self.app
+        return [d.tracker for d in app.drainables] if isinstance(app, VigilApp) else []
+
+    def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:
+        seen: set[TP] = set()
+        for tracker in self._trackers():
+            for tp in tracker.partitions():
+                if tp not in seen and (topics is None or tp in topics or tp.topic in topics):
+                    seen.add(tp)
+                    yield tp
+
+    def _new_offset(self, tp: TP) -> int | None:
+        trackers = [t for t in self._trackers() if t.topic == tp.topic]
+        if not trackers:
+            return super()._new_offset(tp)
+        # Faust's own ack lists are not used for these topics; keep them from growing.
+        self._acked.pop(tp, None)
+        self._acked_index.pop(tp, None)
+        lowest: int | None = None
+        for tracker in trackers:
+            offset = tracker.committable(tp)
+            if offset is None:
+                return None  # an agent that has not seen this partition yet may need everything
+            lowest = offset if lowest is None else min(lowest, offset)
+        return lowest
+
+    async def _commit_offsets(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
+        before = {tp: self._committed_offset.get(tp) for tp in offsets}
+        did_commit = False
+        try:
+            did_commit = await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
+        finally:
+            if not did_commit:
+                self.commit_failures += 1
+                for tp, old in before.items():
+                    if old is None:
+                        self._committed_offset.pop(tp, None)
+                    else:
+                        self._committed_offset[tp] = old
+        return did_commit
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        await super().on_partitions_revoked(revoked)
+        for tracker in self._trackers():
+            tracker.forget(revoked)
+
+    # -- backpressure --------------------------------------------------------------------
+    def hold(self, topic: str) -> None:
+        """Stop fetching ``topic`` without touching Faust's own pause state (table recovery
+        pauses and resumes partitions itself; mixing the two would resume too early)."""
+        self._held_topics.add(topic)
+
+    def release(self, topic: str) -> None:
+        self._held_topics.discard(topic)
+
+    @property
+    def held_topics(self) -> frozenset[str]:
+        return frozenset(self._held_topics)
+
+    async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:  # noqa: ASYNC109 - faust's signature
+        if active_partitions is not None and self._held_topics:
+            active_partitions = {tp for tp in active_partitions if tp.topic not in self._held_topics}
+            if not active_partitions:
+                await asyncio.sleep(min(timeout, 0.05))
+                return {}
+        return await super()._getmany(active_partitions, timeout)
+
+
+class VigilApp(faust.App):
+    """A Faust app whose consumer is ``VigilConsumer`` and whose rebalance/stop drain is
+    bounded by ``drain_timeout``."""
+
+    drain_timeout: float = 10.0
+    #: failpoint for tests: the next N offset commits fail like a commit during a rebalance
+    vigil_fail_commits: int = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.drainables: list[Drainable] = []
+
+    def add_drainable(self, scheduler: Drainable) -> None:
+        """Its tracker decides the committable offsets of its topic; it is drained on
+        rebalance and stop."""
+        self.drainables.append(scheduler)
+
+    @property
+    def vigil_consumer(self) -> VigilConsumer:
+        consumer = self.consumer
+        assert isinstance(consumer, VigilConsumer)
+        return consumer
+
+    def _new_consumer(self) -> VigilConsumer:
+        return VigilConsumer(
+            self.transport,
+            callback=self.topics.on_message,
+            on_partitions_revoked=self._on_partitions_revoked,
+            on_partitions_assigned=self._on_partitions_assigned,
+            beacon=self.beacon,
+            loop=self.transport.loop,
+        )
+
+    async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
+        """Called by Faust when partitions are revoked and when the app stops, after fetching
+        stopped: finish or cancel in-flight records, commit what finished, start afresh."""
+        cancelled = await asyncio.gather(*(d.drain(None, self.drain_timeout) for d in self.drainables))
+        if any(cancelled):
+            log.warning(
+                "drain: cancelled %d in-flight records after %.1fs", sum(cancelled), self.drain_timeout
+            )
+        await consumer.commit()
+        for d in self.drainables:
+            d.tracker.forget(d.tracker.partitions())
