@@ -21,6 +21,9 @@ def create_app(settings: Settings) -> VigilApp:
         topic_allow_declare=True,
         processing_guarantee=settings.processing_guarantee,
         broker_commit_interval=settings.commit_interval,
+        # A SIGKILLed worker's partitions move after this long (faust's default is 60 s).
+        broker_session_timeout=settings.session_timeout,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout / 3),
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,  # acks=all: an emit counts only once every in-sync replica has it
         key_serializer="raw",

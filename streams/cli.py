@@ -70,10 +70,25 @@ def cli() -> None:
 # -- worker -----------------------------------------------------------------------------------
 @cli.command()
 @click.option("--agents", "agent_names", help="Comma-separated agents to run (default: all).")
+@click.option(
+    "-m",
+    "--module",
+    "modules",
+    multiple=True,
+    help="Import this module first (it declares more agents); repeatable.",
+)
 @click.pass_context
-def worker(ctx: click.Context, agent_names: str | None) -> None:
+def worker(ctx: click.Context, agent_names: str | None, modules: tuple[str, ...]) -> None:
     """Run a worker for the agents (joins the consumer group VIGIL_APP_ID)."""
+    import importlib
+
     from .worker import run_worker
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise click.BadParameter(f"cannot import {module!r}: {exc}", param_hint="--module") from None
 
     logging.getLogger("aiokafka").setLevel(logging.NOTSET)  # a worker's client warnings matter
     names = [n.strip() for n in agent_names.split(",") if n.strip()] if agent_names else None

@@ -147,6 +147,20 @@ async def read_topics(
                         return
 
 
+async def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """High watermark per partition of ``topic`` (empty if the topic does not exist)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    async with _started(settings, consumer, consumer.start, consumer.stop):
+        parts = consumer.partitions_for_topic(topic)
+        if parts is None:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            return {}
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in sorted(parts)])
+        return {tp.partition: offset for tp, offset in ends.items()}
+
+
 async def _at_end(consumer: AIOKafkaConsumer, tp: TopicPartition, end: int) -> bool:
     position: int = await consumer.position(tp)
     return position >= end

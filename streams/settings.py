@@ -39,6 +39,9 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds in-flight records may finish on rebalance/stop before they are cancelled",
     )
+    session_timeout: float = Field(
+        10.0, ge=6, description="Seconds without heartbeats before the group drops a dead worker"
+    )
     fail_commits: int = Field(0, ge=0, description="Testing failpoint: the first N offset commits fail")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -148,17 +148,21 @@ class Cluster:
             VIGIL_METRICS_PORT="0",
             VIGIL_WEB_PORT="0",
             VIGIL_COMMIT_INTERVAL="0.5",
+            VIGIL_SESSION_TIMEOUT="6",  # the broker's minimum: a killed worker's partitions move fast
             LITELLM_LOCAL_MODEL_COST_MAP="True",
             PYTHONUNBUFFERED="1",
+            PYTHONPATH=str(REPO),  # workers import test agents: vigil worker -m tests.agents.probe
         )
         env.update(extra)
         return env
 
-    def start_worker(self, name: str = "w1", data_dir: Path | None = None, **env: str) -> Proc:
+    def start_worker(
+        self, name: str = "w1", data_dir: Path | None = None, args: Sequence[str] = (), **env: str
+    ) -> Proc:
         data = data_dir or self.tmp / f"data-{name}"
         proc = start_process(
             f"worker-{name}",
-            [*VIGIL, "worker"],
+            [*VIGIL, "worker", *args],
             self.env(VIGIL_DATA_DIR=str(data), **env),
             self.tmp / f"worker-{name}.log",
         )
@@ -171,8 +175,9 @@ class Cluster:
         self.procs.append(llm.proc)
         return llm
 
-    def create_topics(self, *names: str) -> None:
-        asyncio.run(kafka.create_topics(self.settings(), [self.prefix + n for n in names]))
+    def create_topics(self, *names: str, partitions: int = 6) -> None:
+        settings = self.settings(partitions=partitions)
+        asyncio.run(kafka.create_topics(settings, [self.prefix + n for n in names]))
 
     def produce(self, topic: str, records: list[Any]) -> None:
         asyncio.run(kafka.produce(self.settings(), self.prefix + topic, records))
@@ -206,3 +211,39 @@ class Cluster:
     def stop_all(self) -> None:
         for p in self.procs:
             p.stop()
+
+
+def committed_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """The group's committed offset per partition of ``topic``, read back through the admin
+    client (what a restarted worker resumes from); partitions never committed are absent."""
+
+    async def go() -> dict[int, int]:
+        async with kafka.admin(settings) as client:
+            got = await client.list_consumer_group_offsets(settings.group_id)
+        return {
+            tp.partition: meta.offset for tp, meta in got.items() if tp.topic == topic and meta.offset >= 0
+        }
+
+    return asyncio.run(go())
+
+
+def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    return asyncio.run(kafka.end_offsets(settings, topic))
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The partition the default producer partitioner (murmur2, as Java's) picks for ``key``."""
+    from aiokafka.partitioner import murmur2
+
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def keys_on_partition(prefix: str, partition: int, partitions: int, count: int) -> list[str]:
+    keys: list[str] = []
+    n = 0
+    while len(keys) < count:
+        key = f"{prefix}{n}"
+        if partition_of(key, partitions) == partition:
+            keys.append(key)
+        n += 1
+    return keys
