@@ -75,6 +75,6 @@ async def probe(event: Envelope[ChatMessageReceivedV2], ctx: Context[ProbeState]
             conversation_id=event.subject,
             in_reply_to=event.id,
             sequence=ctx.state.handled,
-            text=f"started={started:.6f} done={time.time():.6f} attempt={ctx.attempt}",
+            text=f"started={started:.6f} done={time.time():.6f} attempt={ctx.attempt} pid={os.getpid()}",
         )
     )
