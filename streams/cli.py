@@ -21,9 +21,8 @@ from pydantic import ValidationError
 
 from schemas import RawEnvelope, VigilError, registry
 
-from . import codec, kafka, topics
+from . import codec, dlq_admin, kafka, topics
 from .agent import runtime
-from .dlq import VIGIL_HEADERS
 from .records import ConsumedRecord
 from .settings import Settings
 
@@ -294,39 +293,161 @@ def topics_create(ctx: click.Context) -> None:
 
 
 # -- dlq --------------------------------------------------------------------------------------
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _filter_options(fn: F) -> F:
+    """The record filters shared by ``ls``, ``show`` and ``replay`` (all given must match)."""
+    options = [
+        click.option("--agent", help="Only this agent's DLQ (default: every DLQ under the prefix)."),
+        click.option(
+            "--id", "event_id", help="Event id: the ce_id header, else the envelope id in the value."
+        ),
+        click.option("--subject", help="Subject: the record key."),
+        click.option("--reason", help="Failure reason (vigil_reason), e.g. handler_error, parked."),
+        click.option("--partition", type=click.IntRange(min=0), help="DLQ partition (needs --agent)."),
+        click.option(
+            "--offset",
+            type=click.IntRange(min=0),
+            help="DLQ offset (needs --agent; any partition unless --partition).",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _find(ctx: click.Context, **filters: Any) -> list[ConsumedRecord]:
+    return run(dlq_admin.find(settings_of(ctx), dlq_admin.DlqFilter(**filters)))
+
+
+def _replay(settings: Settings, records: list[ConsumedRecord], dry_run: bool) -> None:
+    async def go() -> list[dlq_admin.Replay]:
+        plan = await dlq_admin.plan_replay(settings, records)
+        if not dry_run:
+            await dlq_admin.replay(settings, plan)
+        return plan
+
+    plan = run(go())
+    verb = "would replay" if dry_run else "replayed"
+    for p in plan:
+        click.echo(f"{verb} {dlq_admin.ref(p.source)} -> {p.topic}")
+    click.echo(f"{verb} {len(plan)} record(s)", err=True)
+
+
 @cli.group("dlq")
 def dlq_group() -> None:
-    """Dead-lettered records."""
+    """Dead-lettered records: inspect, replay to their origin, purge, release parked subjects."""
 
 
 @dlq_group.command("ls")
-@click.option("--agent", help="Only this agent's DLQ.")
+@_filter_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per record.")
 @click.pass_context
-def dlq_ls(ctx: click.Context, agent: str | None, as_json: bool) -> None:
-    """List dead-lettered records with their reason and origin."""
+def dlq_ls(ctx: click.Context, /, as_json: bool, **filters: Any) -> None:
+    """List dead-lettered records, one line each.
+
+    Each line: DLQ position, reason, event id, subject, origin position, attempts, error."""
+    records = _find(ctx, **filters)
+    for rec in records:
+        click.echo(json.dumps(dlq_admin.summary(rec)) if as_json else dlq_admin.format_line(rec))
+    click.echo(f"{len(records)} record(s)", err=True)
+
+
+@dlq_group.command("show")
+@_filter_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per record.")
+@click.pass_context
+def dlq_show(ctx: click.Context, /, as_json: bool, **filters: Any) -> None:
+    """Print matching records in full.
+
+    Key, decoded headers, and the value as indented JSON when it parses, else as bytes."""
+    records = _find(ctx, **filters)
+    if not records:
+        raise click.ClickException("no DLQ record matches")
+    for n, rec in enumerate(records):
+        if as_json:
+            click.echo(json.dumps(_record_json(rec), ensure_ascii=False))
+        else:
+            click.echo(("\n" if n else "") + dlq_admin.format_full(rec))
+
+
+@dlq_group.command("replay")
+@_filter_options
+@click.option("--dry-run", is_flag=True, help="List what would be replayed; send nothing.")
+@click.pass_context
+def dlq_replay(ctx: click.Context, /, dry_run: bool, **filters: Any) -> None:
+    """Re-produce matching records to their origin topic, in DLQ order.
+
+    Original key, value and headers, without the vigil_* DLQ headers, plus vigil_replay =
+    <dlq topic>:<partition>:<offset>. Replaying twice is harmless: the worker skips handled ids.
+    Records of a still-parked subject are parked again: use `vigil dlq release SUBJECT --replay`."""
+    _replay(settings_of(ctx), _find(ctx, **filters), dry_run)
+
+
+@dlq_group.command("purge")
+@click.option("--agent", required=True, help="The agent whose DLQ is truncated.")
+@click.option("--yes", is_flag=True, help="Really delete (records cannot be recovered).")
+@click.option("--partition", type=click.IntRange(min=0), help="Only this DLQ partition.")
+@click.option(
+    "--before-offset",
+    type=click.IntRange(min=0),
+    help="Delete offsets below N in each partition (default: everything up to the current end).",
+)
+@click.pass_context
+def dlq_purge(
+    ctx: click.Context, agent: str, yes: bool, partition: int | None, before_offset: int | None
+) -> None:
+    """Delete an agent's dead letters for good.
+
+    Filters (--id, --subject, --reason) do not apply: Kafka cannot delete single records, it
+    can only move a partition's start offset forward (DeleteRecords). Purge therefore truncates
+    whole partitions, up to their current end or --before-offset. Replay what you need first."""
     settings = settings_of(ctx)
+    name = dlq_admin.dlq_topic(settings, agent)
+    if not yes:
+        raise click.ClickException(f"refusing to purge {name} without --yes (deleted records are gone)")
+    cuts = run(dlq_admin.purge(settings, agent, partition=partition, before_offset=before_offset))
+    for cut in cuts:
+        click.echo(f"{name}:{cut.partition} deleted offsets {cut.before}-{cut.after - 1}")
+    click.echo(f"purged {sum(c.after - c.before for c in cuts)} record(s) from {name}", err=True)
 
-    async def go() -> None:
-        prefix = settings.topic(topics.DLQ_PREFIX)
-        existing = [t for t in await kafka.list_topics(settings) if t.startswith(prefix)]
-        wanted = [settings.topic(topics.dlq_topic(agent).name)] if agent else existing
-        missing = [t for t in wanted if t not in existing]
-        if missing:
-            raise click.ClickException(f"no DLQ topic {missing[0]!r}")
-        async for rec in kafka.read_topics(settings, wanted, from_beginning=True, follow=False):
-            if as_json:
-                click.echo(json.dumps(_record_json(rec), ensure_ascii=False))
-                continue
-            h = {k: v.decode("utf-8", errors="replace") for k, v in rec.headers if k in VIGIL_HEADERS}
-            click.echo(
-                f"{rec.topic}@{rec.partition}:{rec.offset} reason={h.get('vigil_reason')} "
-                f"origin={h.get('vigil_origin_topic')}[{h.get('vigil_origin_partition')}]@{h.get('vigil_origin_offset')} "
-                f"key={rec.key.decode('utf-8', 'replace') if rec.key else None} "
-                f"error={h.get('vigil_error_class')}: {h.get('vigil_error_message')}"
-            )
 
-    run(go())
+@dlq_group.command("release")
+@click.argument("subject")
+@click.option("--agent", required=True, help="The agent that parked SUBJECT.")
+@click.option("--replay", "then_replay", is_flag=True, help="Then replay the agent's DLQ records of SUBJECT.")
+@click.option(
+    "-m", "--module", "modules", multiple=True, help="Import this module first (declares the agent)."
+)
+@click.pass_context
+def dlq_release(
+    ctx: click.Context, subject: str, agent: str, then_replay: bool, modules: tuple[str, ...]
+) -> None:
+    """Let a parked SUBJECT flow again.
+
+    Produces a release control record to the agent's source topic, keyed by SUBJECT: it lands
+    on the subject's partition and takes effect before anything the subject sends next.
+
+    With --replay, the agent's DLQ records of SUBJECT (any reason) follow it, in DLQ order."""
+    import importlib
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise click.BadParameter(f"cannot import {module!r}: {exc}", param_hint="--module") from None
+    settings = settings_of(ctx)
+    (spec,) = runtime.select([agent])
+    if then_replay:
+        run(dlq_admin.dlq_topics(settings, agent))  # a missing DLQ fails before the release is sent
+    sent = run(dlq_admin.release(settings, agent, settings.topic(spec.topic), subject))
+    click.echo(
+        f"released {subject!r} of agent {agent}: control record at {sent.topic}:{sent.partition}:{sent.offset}"
+    )
+    if then_replay:
+        # read after the release: records parked until now are included
+        _replay(settings, _find(ctx, agent=agent, subject=subject), dry_run=False)
 
 
 # -- schemas ----------------------------------------------------------------------------------
