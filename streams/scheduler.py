@@ -162,6 +162,12 @@ class KeyOrderedScheduler(Generic[T]):
         if lane:
             self.buffered -= len(lane)
 
+    async def wait_idle(self) -> None:
+        """Until every submitted record finished (or was dropped by a drain)."""
+        while self.buffered:
+            self._progress.clear()
+            await self._progress.wait()
+
     # -- rebalance and shutdown ----------------------------------------------------------
     def running(self, tps: Collection[TP] | None = None) -> list[Job[T]]:
         return [j for j in self._running.values() if tps is None or j.tp in tps]
