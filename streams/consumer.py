@@ -72,8 +72,6 @@ class VigilConsumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._held_topics: set[str] = set()
-        #: failed commits, for tests and metrics
-        self.commit_failures = 0
 
     def _new_consumer_thread(self) -> VigilConsumerThread:
         return VigilConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -113,7 +111,6 @@ class VigilConsumer(faust_aiokafka.Consumer):
             did_commit = await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
         finally:
             if not did_commit:
-                self.commit_failures += 1
                 for tp, old in before.items():
                     if old is None:
                         self._committed_offset.pop(tp, None)

@@ -68,7 +68,6 @@ class KeyOrderedScheduler(Generic[T]):
         self._progress = asyncio.Event()
         self.buffered = 0
         self.paused = False
-        self.failure: BaseException | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
