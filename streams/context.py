@@ -45,10 +45,14 @@ class Context(Generic[S]):
 
     @property
     def llm(self) -> Any:
+        """The ``llm`` resource, bound to this agent and subject when it supports that (per-agent
+        circuit breaker, per-entity budgets)."""
         try:
-            return self.resources["llm"]
+            client = self.resources["llm"]
         except KeyError:
             raise ConfigError("no 'llm' resource is provided to this runtime") from None
+        bind = getattr(client, "bind", None)
+        return bind(self.agent, self.event.subject) if callable(bind) else client
 
     async def emit(self, payload: Payload, *, subject: str | None = None) -> Envelope[Payload]:
         if not any(isinstance(payload, allowed) for allowed in self._allowed):

@@ -1,0 +1,76 @@
+"""Gates: conditions under which an agent must stop taking new records without losing any.
+
+A gate (an open LLM circuit, a spent token budget, a lagging downstream group) is *blocked* or
+not. While any gate of an agent is blocked, its scheduler starts no new record and fetching of
+its topic pauses; nothing is dead-lettered. A handler that runs into a gate raises ``Blocked``:
+the dispatcher waits until the gate clears (or until ``retry_at`` for a gate that only blocks
+one subject) and runs the record again without counting an attempt.
+
+Resources (``Runtime.provide``) take part by implementing ``gates_for(agent)``; contexts bind
+them per call through ``bind(agent, subject)`` (see ``streams.context``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Protocol, runtime_checkable
+
+from schemas import VigilError
+
+
+@runtime_checkable
+class Gate(Protocol):
+    #: label value of ``vigil_paused_partitions{reason}``: circuit_open, budget, downstream_lag
+    reason: str
+
+    def blocked(self) -> bool: ...
+
+    async def wait_unblocked(self) -> None: ...
+
+
+@runtime_checkable
+class GateProvider(Protocol):
+    def gates_for(self, agent: str) -> list[Gate]: ...
+
+
+class Blocked(VigilError):
+    """Not a failure of the record: the agent (``gate``) or this subject (``retry_at``, a
+    ``time.monotonic()`` instant) may not proceed yet."""
+
+    reason = "blocked"
+    retriable = True
+
+    def __init__(self, message: str, *, gate: Gate | None = None, retry_at: float | None = None) -> None:
+        super().__init__(message)
+        self.gate = gate
+        self.retry_at = retry_at
+
+    async def wait(self) -> None:
+        if self.gate is not None:
+            await self.gate.wait_unblocked()
+        elif self.retry_at is not None:
+            await asyncio.sleep(max(0.0, self.retry_at - time.monotonic()))
+        else:
+            await asyncio.sleep(1.0)
+
+
+class ManualGate:
+    """A gate flipped by code: tests, and the building block of the others."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self._clear = asyncio.Event()
+        self._clear.set()
+
+    def block(self) -> None:
+        self._clear.clear()
+
+    def unblock(self) -> None:
+        self._clear.set()
+
+    def blocked(self) -> bool:
+        return not self._clear.is_set()
+
+    async def wait_unblocked(self) -> None:
+        await self._clear.wait()
