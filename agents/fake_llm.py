@@ -3,7 +3,8 @@
 Replies are deterministic functions of the request: the same prompt gives the same text.
 With ``tools`` in the request and no tool result yet, it answers with a tool call. Latency,
 HTTP 429/500 and hangs (client timeouts) can be injected by flags or at run time through
-``POST /_control``; ``GET /_stats`` counts requests by outcome.
+``POST /_control``, as rates or exactly (the next N requests, or every request for one model);
+``GET /_stats`` counts requests by outcome and by requested model.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ class Faults:
     timeout_rate: float = 0.0  # share of requests that hang for ``hang_seconds`` then close
     hang_seconds: float = 60.0
     seed: int = 0
+    fail_next: int = 0  # the next N requests are answered with ``error_status`` (then counts down)
+    hang_next: int = 0  # the next N requests hang like ``timeout_rate`` ones
+    fail_models: str = ""  # comma-separated request ``model`` values always answered with ``error_status``
 
 
 def _digest(obj: Any) -> str:
@@ -89,6 +93,8 @@ class FakeLLM:
         self.faults = faults or Faults()
         self._rng = random.Random(self.faults.seed)
         self.stats: dict[str, int] = {"received": 0, "ok": 0, "error": 0, "timeout": 0, "bad_request": 0}
+        self.by_model: dict[str, int] = {}  # requests received per requested model
+        self.arrived = asyncio.Event()  # set by every request: in-process tests await it
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -102,6 +108,7 @@ class FakeLLM:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         self.stats["received"] += 1
+        self.arrived.set()
         try:
             body = await request.json()
             if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
@@ -112,14 +119,23 @@ class FakeLLM:
                 {"error": {"message": str(exc), "type": "invalid_request_error"}}, status=400
             )
         f = self.faults
+        model = str(body.get("model", ""))
+        self.by_model[model] = self.by_model.get(model, 0) + 1
         if f.latency_ms:
             await asyncio.sleep(f.latency_ms / 1000)
         roll = self._rng.random()
-        if roll < f.timeout_rate:
+        hang = f.hang_next > 0 or roll < f.timeout_rate
+        failing_models = {m.strip() for m in f.fail_models.split(",") if m.strip()}
+        fail = f.fail_next > 0 or model in failing_models or roll < f.timeout_rate + f.error_rate
+        if f.hang_next > 0:
+            f.hang_next -= 1
+        elif f.fail_next > 0:
+            f.fail_next -= 1
+        if hang:
             self.stats["timeout"] += 1
             await asyncio.sleep(f.hang_seconds)
             raise web.HTTPGatewayTimeout()
-        if roll < f.timeout_rate + f.error_rate:
+        if fail:
             self.stats["error"] += 1
             kind = "rate_limit_error" if f.error_status == 429 else "server_error"
             return web.json_response(
@@ -146,7 +162,7 @@ class FakeLLM:
         return web.json_response(asdict(self.faults))
 
     async def get_stats(self, request: web.Request) -> web.Response:
-        return web.json_response(self.stats)
+        return web.json_response({**self.stats, "by_model": self.by_model})
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True})

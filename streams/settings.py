@@ -55,6 +55,22 @@ class Settings(BaseSettings):
 
     def topic(self, name: str) -> str:
         """The real name of a catalogue topic: the prefix is prepended verbatim."""
+    llm_fallbacks: str = Field(
+        "", description="Comma-separated litellm models tried in order when the main model fails"
+    )
+    llm_rpm: int = Field(0, ge=0, description="Requests per minute per model deployment; 0 = unlimited")
+    llm_tpm: int = Field(0, ge=0, description="Tokens per minute per model deployment; 0 = unlimited")
+    llm_circuit_failures: int = Field(
+        5, ge=1, description="Consecutive failed LLM calls that open an agent's circuit"
+    )
+    llm_circuit_reset: float = Field(30.0, gt=0, description="Seconds an open circuit waits before its probe")
+    llm_agent_tokens_per_window: int = Field(
+        0, ge=0, description="Tokens per agent per budget window; 0 = unlimited"
+    )
+    llm_entity_tokens_per_window: int = Field(
+        0, ge=0, description="Tokens per entity (subject) per agent per budget window; 0 = unlimited"
+    )
+    llm_budget_window: float = Field(3600.0, gt=0, description="Seconds of one token-budget window")
         return f"{self.topic_prefix}{name}"
 
     def unprefixed(self, name: str) -> str:

@@ -191,7 +191,10 @@ def test_handler_failures_are_dead_lettered_not_acked_silently(cluster: Cluster)
     llm = cluster.start_fake_llm("--error-rate", "1", "--error-status", "500")
     cluster.create_topics(IN)
     cluster.produce(IN, [message("c-f", "first", id="f-1"), message("c-f", "second", id="f-2")])
-    worker = cluster.start_worker(VIGIL_LLM_API_BASE=llm.api_base, VIGIL_LLM_NUM_RETRIES="0")
+    # the circuit stays closed here (6 failures < 100): this test is about retries then the DLQ
+    worker = cluster.start_worker(
+        VIGIL_LLM_API_BASE=llm.api_base, VIGIL_LLM_NUM_RETRIES="0", VIGIL_LLM_CIRCUIT_FAILURES="100"
+    )
     dlq = cluster.wait_records(DLQ, 2, procs=[worker])
     headers = [{k: v.decode() for k, v in r.headers} for r in dlq]
     assert [h["ce_id"] for h in headers] == ["f-1", "f-2"]
