@@ -21,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Collection, Iterator, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
+import aiokafka
 import faust
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
@@ -30,6 +31,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from .offsets import OffsetTracker
+from .transactions import VigilTransactions, mark_clean_stop
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +69,78 @@ class VigilConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             return False
         return True
 
+    async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
+        """In exactly_once mode Faust asks for the last stable offset the consumer has seen in
+        a fetch, which is -1 before the first one (recovery then fails its consistency check),
+        and it ends recovery at the highwater - 1, which in a transactional changelog is a
+        commit marker no consumer ever receives (recovery then stalls). Here the highwater of a
+        changelog partition is one past its last committed record, asked of the broker."""
+        if not self.consumer.in_transaction:
+            return await super()._highwaters(partitions)
+        consumer = self._ensure_consumer()
+        ends: dict[TP, int] = dict(await consumer.end_offsets(partitions))  # read_committed: LSO
+        changelogs = set(self.app.tables.changelog_topics)
+        tail = [tp for tp in partitions if tp.topic in changelogs and ends[tp] > 0]
+        if tail:
+            transport = cast(faust_aiokafka.Transport, self.transport)
+            reader = aiokafka.AIOKafkaConsumer(
+                bootstrap_servers=faust_aiokafka.server_list(transport.url, transport.default_port),
+                isolation_level="read_committed",
+                enable_auto_commit=False,
+                **faust_aiokafka.credentials_to_aiokafka_auth(
+                    self.app.conf.broker_credentials, self.app.conf.ssl_context
+                ),
+            )
+            await reader.start()
+            try:
+                for tp in tail:
+                    ends[tp] = await last_record_offset(reader, tp, ends[tp]) + 1
+            finally:
+                await reader.stop()
+        return ends
+
+
+async def last_record_offset(reader: aiokafka.AIOKafkaConsumer, tp: TP, end: int) -> int:
+    """Offset of the last record a read_committed reader gets below ``end`` (-1 if none), read
+    from a tail window that doubles until it holds one (aborted blocks can be long)."""
+    ktp = faust_aiokafka.ensure_aiokafka_TP(tp)
+    reader.assign([ktp])
+    begin = (await reader.beginning_offsets([ktp]))[ktp]
+    window = 64
+    while True:
+        start = max(begin, end - window)
+        reader.seek(ktp, start)
+        last = -1
+        empty_fetches = 0
+        while await reader.position(ktp) < end:
+            batch = await reader.getmany(ktp, timeout_ms=500)
+            if not batch:
+                empty_fetches += 1
+                if empty_fetches > 20:  # never seen; Faust's own rule is the fallback
+                    log.warning(
+                        "could not read the tail of %s; assuming its last record is at %d", tp, end - 1
+                    )
+                    return end - 1
+            last = max([last, *(m.offset for m in batch.get(ktp, ()) if m.offset < end)])
+        if last >= 0 or start == begin:
+            return last
+        window *= 4
+
 
 class VigilConsumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._held_topics: set[str] = set()
+        if self.in_transaction:
+            # Faust's manager is built above but never started (it starts as a dependency).
+            self.transactions = VigilTransactions(
+                self.transport, consumer=self, producer=self.app.producer, beacon=self.beacon, loop=self.loop
+            )
+
+    @property
+    def vigil_transactions(self) -> VigilTransactions:
+        assert isinstance(self.transactions, VigilTransactions), "exactly_once is not enabled"
+        return self.transactions
 
     def _new_consumer_thread(self) -> VigilConsumerThread:
         return VigilConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -103,6 +172,20 @@ class VigilConsumer(faust_aiokafka.Consumer):
                 return None  # an agent that has not seen this partition yet may need everything
             lowest = offset if lowest is None else min(lowest, offset)
         return lowest
+
+    def _filter_committable_offsets(self, tps: Any) -> dict[TP, int]:
+        offsets = super()._filter_committable_offsets(tps)
+        if self.in_transaction:
+            # A transaction holding finished records above an unchanged offset must still
+            # commit, or the broker aborts it after transaction.timeout.ms.
+            for tp in self.vigil_transactions.dirty_partitions():
+                if tp not in offsets:
+                    offset = self._new_offset(tp)
+                    if offset is None:
+                        offset = self._committed_offset.get(tp)
+                    if offset is not None:
+                        offsets[tp] = offset
+        return offsets
 
     async def _commit_offsets(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
         before = {tp: self._committed_offset.get(tp) for tp in offsets}
@@ -186,6 +269,17 @@ class VigilApp(faust.App):
             log.warning(
                 "drain: cancelled %d in-flight records after %.1fs", sum(cancelled), self.drain_timeout
             )
+        # A commit tick already running may have read its offsets before the drain finished.
+        await consumer.maybe_wait_for_commit_to_finish()
         await consumer.commit()
         for d in self.drainables:
             d.tracker.forget(d.tracker.partitions())
+
+    async def _stop_consumer(self) -> None:
+        await super()._stop_consumer()  # drains, commits, closes the tables
+        if (
+            self.in_transaction
+            and self._consumer is not None
+            and self.vigil_consumer.vigil_transactions.clean
+        ):
+            mark_clean_stop(self.conf.tabledir)

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal, Protocol
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from tenacity import RetryCallState
 
@@ -24,6 +23,7 @@ from . import codec, metrics, topics
 from .agent import AgentSpec
 from .context import Context
 from .dlq import CONTROL_RELEASE, H_AGENT, H_CONTROL, REASON_PARKED, dead_letter, reason_of
+from .effects import AtLeastOnceEffects, Effects, Output, Publisher, StateWrite
 from .records import ConsumedRecord
 from .settings import Settings
 from .state import EntityRecord, StateStore
@@ -44,11 +44,6 @@ class ParkedError(VigilError):
         )
 
 
-class Publisher(Protocol):
-    async def publish(self, topic: str, records: Sequence[codec.EncodedRecord]) -> None:
-        """Return once the broker acknowledged every record; raise otherwise."""
-
-
 class Dispatcher:
     def __init__(
         self,
@@ -57,11 +52,12 @@ class Dispatcher:
         store: StateStore,
         publisher: Publisher,
         resources: Mapping[str, Any],
+        effects: Effects | None = None,
     ) -> None:
         self.spec = spec
         self.settings = settings
         self.store = store
-        self.publisher = publisher
+        self.effects = effects or AtLeastOnceEffects(spec.name, publisher, store)
         self.resources = resources
         self.dlq_topic = settings.topic(spec.dlq_topic)
 
@@ -97,16 +93,19 @@ class Dispatcher:
                 attempts,
                 failure,
             )
-            await self._dead_letter(record, failure, attempts=attempts, type_=event.type)
+            park = None
             if self.spec.on_dead_letter == "park":
                 entity.parked = True
-                self.store.save(event.subject, entity, None)
+                park = StateWrite(event.subject, self.store.encode(entity, None))
+            await self._dead_letter(record, failure, attempts=attempts, type_=event.type, state=park)
             return "dlq"
 
         assert ctx is not None
-        await self._publish_emits(ctx.pending)
         entity.state = ctx.state
-        self.store.save(event.subject, entity, event.id)
+        outputs = [self._output(ev) for ev in ctx.pending]
+        await self.effects.apply(
+            record, outputs, StateWrite(event.subject, self.store.encode(entity, event.id))
+        )
         metrics.EVENTS.labels(self.spec.name, event.type, "ok").inc()
         return "ok"
 
@@ -161,7 +160,7 @@ class Dispatcher:
             return "dlq"
         if entity.parked:
             entity.parked = False
-            self.store.save(subject, entity, None)
+            await self.effects.apply(record, [], StateWrite(subject, self.store.encode(entity, None)))
             log.info("agent %s: subject %r released", self.spec.name, subject)
         return "control"
 
@@ -175,41 +174,20 @@ class Dispatcher:
             )
         return registry.parse(raw, target=self.spec.payload)
 
-    async def _publish_emits(self, events: list[Envelope[Payload]]) -> None:
-        by_topic: dict[str, list[codec.EncodedRecord]] = {}
-        for ev in events:
-            topic = self.settings.topic(topics.for_type(ev.type).name)
-            by_topic.setdefault(topic, []).append(codec.encode(ev))
-        for topic, records in by_topic.items():
-            await self._publish_until_acked(topic, records)
+    def _output(self, event: Envelope[Payload]) -> Output:
+        return Output(self.settings.topic(topics.for_type(event.type).name), codec.encode(event))
 
     async def _dead_letter(
-        self, record: ConsumedRecord, exc: BaseException, *, attempts: int, type_: str
+        self,
+        record: ConsumedRecord,
+        exc: BaseException,
+        *,
+        attempts: int,
+        type_: str,
+        state: StateWrite | None = None,
     ) -> None:
         reason = reason_of(exc)
-        await self._publish_until_acked(
-            self.dlq_topic, [dead_letter(record, exc, agent=self.spec.name, attempts=attempts)]
-        )
+        letter = dead_letter(record, exc, agent=self.spec.name, attempts=attempts)
+        await self.effects.apply(record, [Output(self.dlq_topic, letter)], state)
         metrics.DLQ_RECORDS.labels(self.spec.name, reason).inc()
         metrics.EVENTS.labels(self.spec.name, type_, "dlq").inc()
-
-    async def _publish_until_acked(self, topic: str, records: Sequence[codec.EncodedRecord]) -> None:
-        """Broker trouble blocks this partition instead of losing or skipping the record."""
-        delay = 0.1
-        while True:
-            try:
-                await self.publisher.publish(topic, records)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - every produce failure is retried; the offset stays put
-                metrics.PUBLISH_RETRIES.labels(self.spec.name).inc()
-                log.warning(
-                    "agent %s: publish to %s failed (%r); retrying in %.1fs",
-                    self.spec.name,
-                    topic,
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 10.0)

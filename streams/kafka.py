@@ -105,10 +105,17 @@ async def read_topics(
     follow: bool = False,
     timeout: float | None = None,  # noqa: ASYNC109 - bounds a follow loop, not one call
     max_records: int | None = None,
+    committed_only: bool = False,
 ) -> AsyncIterator[ConsumedRecord]:
     """Records of ``topics`` without joining a group. Without ``follow``, stops at the end
-    offsets seen at start; with it, waits for more until ``timeout`` or ``max_records``."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    offsets seen at start; with it, waits for more until ``timeout`` or ``max_records``.
+    ``committed_only`` reads like a downstream ``read_committed`` consumer: records of open
+    or aborted transactions are not returned."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_auto_commit=False,
+        isolation_level="read_committed" if committed_only else "read_uncommitted",
+    )
     async with _started(settings, consumer, consumer.start, consumer.stop):
         tps: list[TopicPartition] = []
         for t in topics:

@@ -52,9 +52,6 @@ class Settings(BaseSettings):
     llm_api_key: SecretStr = Field(SecretStr("sk-local"), description="API key for the LLM provider")
     llm_timeout: float = Field(30.0, gt=0, description="Seconds per LLM request")
     llm_num_retries: int = Field(2, ge=0, description="litellm Router retries on 429/5xx/timeouts")
-
-    def topic(self, name: str) -> str:
-        """The real name of a catalogue topic: the prefix is prepended verbatim."""
     llm_fallbacks: str = Field(
         "", description="Comma-separated litellm models tried in order when the main model fails"
     )
@@ -71,6 +68,9 @@ class Settings(BaseSettings):
         0, ge=0, description="Tokens per entity (subject) per agent per budget window; 0 = unlimited"
     )
     llm_budget_window: float = Field(3600.0, gt=0, description="Seconds of one token-budget window")
+
+    def topic(self, name: str) -> str:
+        """The real name of a catalogue topic: the prefix is prepended verbatim."""
         return f"{self.topic_prefix}{name}"
 
     def unprefixed(self, name: str) -> str:

@@ -55,7 +55,8 @@ class StateStore:
             ) from None
         return EntityRecord(state, handled, parked)
 
-    def save(self, subject: str, record: EntityRecord, handled_id: str | None) -> None:
+    def encode(self, record: EntityRecord, handled_id: str | None) -> dict[str, Any]:
+        """The table value for ``record``, with ``handled_id`` added to its handled ids."""
         if handled_id is not None:
             record.mark_handled(handled_id, self._max_ids)
         body: dict[str, Any] = {
@@ -65,4 +66,9 @@ class StateStore:
         }
         if record.parked:
             body["parked"] = True
+        return body
+
+    def write(self, subject: str, body: dict[str, Any]) -> None:
+        """At-least-once write: Faust sends the changelog record and flushes it before the
+        offset commit (exactly-once writes go through ``streams.effects``)."""
         self._table[subject] = body

@@ -21,12 +21,13 @@ import faust
 import faust.streams as faust_streams
 from faust.types import EventT, StreamT
 
-from . import kafka, metrics, topics
+from . import kafka, metrics, topics, transactions
 from .agent import AgentSpec, Runtime
 from .app import create_app
 from .codec import EncodedRecord
 from .consumer import VigilApp
 from .dispatcher import Dispatcher
+from .effects import TransactionalEffects
 from .errors import ConfigError
 from .offsets import OffsetTracker
 from .records import ConsumedRecord
@@ -94,13 +95,11 @@ def bind_agent(
         key_type=str,  # faust derives the json serializer from the types
         options={"driver": "rocksdict"},
     )
-    dispatcher = Dispatcher(
-        spec,
-        settings,
-        StateStore(table, spec.state, settings.dedup_ids_per_entity),
-        FaustPublisher(app),
-        resources,
-    )
+    store = StateStore(table, spec.state, settings.dedup_ids_per_entity)
+    effects = None
+    if settings.processing_guarantee == "exactly_once":
+        effects = TransactionalEffects(lambda: app.vigil_consumer.vigil_transactions, table)
+    dispatcher = Dispatcher(spec, settings, store, FaustPublisher(app), resources, effects)
 
     def hold() -> None:
         log.info("agent %s: %d records buffered, pausing %s", spec.name, scheduler.buffered, topic_name)
@@ -162,8 +161,6 @@ def build_app(settings: Settings, specs: Sequence[AgentSpec], resources: Mapping
 
 def run_worker(settings: Settings, runtime: Runtime, agent_names: Sequence[str] | None = None) -> None:
     """Run until SIGTERM/SIGINT. Creates missing topics first, so a fresh broker just works."""
-    if settings.processing_guarantee == "exactly_once":
-        raise ConfigError("VIGIL_PROCESSING_GUARANTEE=exactly_once is not implemented yet; use at_least_once")
     specs = runtime.select(agent_names)
     if not specs:
         raise ConfigError("no agents to run: import a module that declares agents (see agents/)")
@@ -174,6 +171,8 @@ def run_worker(settings: Settings, runtime: Runtime, agent_names: Sequence[str] 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     app = build_app(settings, specs, runtime.build_resources(settings))
+    if settings.processing_guarantee == "exactly_once":
+        transactions.prepare_local_state(app.conf.tabledir)
     metrics.serve(settings.metrics_port)
     worker = VigilWorker(app, loglevel=settings.log_level.upper(), quiet=True, loop=loop)
     worker.execute_from_commandline()

@@ -182,9 +182,12 @@ class Cluster:
     def produce(self, topic: str, records: list[Any]) -> None:
         asyncio.run(kafka.produce(self.settings(), self.prefix + topic, records))
 
-    def read(self, topic: str) -> list[ConsumedRecord]:
+    def read(self, topic: str, *, committed_only: bool = False) -> list[ConsumedRecord]:
         async def go() -> list[ConsumedRecord]:
-            return [r async for r in kafka.read_topics(self.settings(), [self.prefix + topic])]
+            topics = [self.prefix + topic]
+            return [
+                r async for r in kafka.read_topics(self.settings(), topics, committed_only=committed_only)
+            ]
 
         return asyncio.run(go())
 

@@ -33,10 +33,14 @@ def ids_of(convs: dict[str, list[EncodedRecord]]) -> dict[str, list[str]]:
     return {s: [json.loads(r.value or b"")["id"] for r in records] for s, records in convs.items()}
 
 
-def unique_replies(cluster: Cluster) -> dict[str, dict[str, Any]]:
+def reply_records(cluster: Cluster, *, committed_only: bool = False) -> list[dict[str, Any]]:
+    return [json.loads(r.value) for r in cluster.read(OUT, committed_only=committed_only) if r.value]
+
+
+def unique_replies(cluster: Cluster, *, committed_only: bool = False) -> dict[str, dict[str, Any]]:
     """Replies by event id; a redelivered record may be emitted again, but only identically."""
     by_id: dict[str, dict[str, Any]] = {}
-    for env in cluster.read_json(OUT):
+    for env in reply_records(cluster, committed_only=committed_only):
         prev = by_id.setdefault(env["id"], env)
         assert (prev["data"]["in_reply_to"], prev["data"]["sequence"]) == (
             env["data"]["in_reply_to"],
@@ -45,11 +49,14 @@ def unique_replies(cluster: Cluster) -> dict[str, dict[str, Any]]:
     return by_id
 
 
-def wait_replied(cluster: Cluster, count: int, procs: list[Proc], timeout: float = 120) -> None:
+def wait_replied(
+    cluster: Cluster, count: int, procs: list[Proc], timeout: float = 120, *, committed_only: bool = False
+) -> None:
     def enough() -> bool:
         for p in procs:
             assert p.alive(), f"{p.name} exited with {p.popen.returncode}:\n{p.log()[-3000:]}"
-        return len({r["data"]["in_reply_to"] for r in unique_replies(cluster).values()}) >= count
+        replies = unique_replies(cluster, committed_only=committed_only).values()
+        return len({r["data"]["in_reply_to"] for r in replies}) >= count
 
     try:
         wait_for(enough, timeout, f"{count} inputs answered", interval=0.5)
@@ -58,10 +65,12 @@ def wait_replied(cluster: Cluster, count: int, procs: list[Proc], timeout: float
         raise AssertionError(f"{exc}\n{logs}") from None
 
 
-def assert_exact_sequences(cluster: Cluster, expected: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+def assert_exact_sequences(
+    cluster: Cluster, expected: dict[str, list[str]], *, committed_only: bool = False
+) -> dict[str, dict[str, Any]]:
     """Every input answered once per id, and the k-th input of a subject got sequence k: no gap,
     no duplicate sequence number, per-subject order kept."""
-    replies = unique_replies(cluster)
+    replies = unique_replies(cluster, committed_only=committed_only)
     got: dict[str, dict[str, int]] = defaultdict(dict)
     for env in replies.values():
         d = env["data"]

@@ -24,6 +24,7 @@ from .guarantees import (
     assert_exact_sequences,
     conversations,
     ids_of,
+    reply_records,
     rounds,
     timing,
     wait_replied,
@@ -51,16 +52,50 @@ def test_sigkill_mid_stream_then_restart(cluster: Cluster) -> None:
     assert_exact_sequences(cluster, ids_of(convs))
 
 
+EXACTLY_ONCE = {"VIGIL_PROCESSING_GUARANTEE": "exactly_once"}
+
+
+def assert_each_reply_committed_once(cluster: Cluster, count: int) -> None:
+    """What a read_committed consumer downstream sees: one reply record per input, none twice."""
+    committed = reply_records(cluster, committed_only=True)
+    ids = [r["id"] for r in committed]
+    assert len(ids) == len(set(ids)) == count, (len(ids), len(set(ids)), count)
+
+
+def test_sigkill_exactly_once_read_committed_sees_each_reply_once(cluster: Cluster) -> None:
+    """7a in exactly_once mode: the killed worker's open transaction is aborted (its replies
+    are in the log but invisible to read_committed), its RocksDB is rebuilt from the committed
+    changelog, and the restarted worker's replies complete the picture without a duplicate."""
+    convs = conversations([f"x{i}" for i in range(40)], 15)
+    cluster.create_topics(IN)
+    cluster.produce(IN, rounds(convs, 0, 15))
+    data_dir = cluster.tmp / "data-x"
+    env = {"PROBE_LATENCY_MS": "50", "PROBE_CONCURRENCY": "8", "VIGIL_COMMIT_INTERVAL": "1", **EXACTLY_ONCE}
+    worker = cluster.start_worker("a", data_dir=data_dir, args=PROBE, **env)
+    wait_replied(cluster, 150, [worker], timeout=90, committed_only=True)
+    worker.kill()
+    assert len(reply_records(cluster, committed_only=True)) < 600, "the kill came too late to test anything"
+    worker = cluster.start_worker("b", data_dir=data_dir, args=PROBE, **env)
+    wait_replied(cluster, 600, [worker], committed_only=True)
+    assert_each_reply_committed_once(cluster, 600)
+    assert_exact_sequences(cluster, ids_of(convs), committed_only=True)
+    aborted = len(reply_records(cluster)) - 600
+    assert aborted > 0, "the kill should have hit an open transaction (its replies stay in the log, aborted)"
+
+
 def handled_by(cluster: Cluster, pid: int) -> bool:
     return any(timing(env)["pid"] == pid for env in cluster.read_json(OUT))
 
 
-def test_rebalances_while_load_is_running(cluster: Cluster) -> None:
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_rebalances_while_load_is_running(cluster: Cluster, guarantee: str) -> None:
     """One worker, then two, then three, then one leaves, with records arriving throughout;
-    each worker must have handled records, so every rebalance happened under load."""
+    each worker must have handled records, so every rebalance happened under load. In
+    exactly_once mode a read_committed reader also sees no reply record twice (faust's own
+    exactly-once mode has open reports of duplicates under rebalance)."""
     convs = conversations([f"b{i}" for i in range(60)], 20)
     cluster.create_topics(IN)
-    env = {"PROBE_LATENCY_MS": "100", "PROBE_CONCURRENCY": "4"}
+    env = {"PROBE_LATENCY_MS": "100", "PROBE_CONCURRENCY": "4", "VIGIL_PROCESSING_GUARANTEE": guarantee}
     w1 = cluster.start_worker("w1", args=PROBE, **env)
     cluster.produce(IN, rounds(convs, 0, 8))
     wait_for(lambda: replied(cluster) >= 40, 90, "first replies", interval=0.2)
@@ -73,8 +108,11 @@ def test_rebalances_while_load_is_running(cluster: Cluster) -> None:
     assert replied(cluster) < 960, "the load ran out before the third worker joined"
     assert w1.stop() == 0
     cluster.produce(IN, rounds(convs, 16, 20))
-    wait_replied(cluster, 1200, [w2, w3], timeout=180)
-    assert_exact_sequences(cluster, ids_of(convs))
+    committed_only = guarantee == "exactly_once"
+    wait_replied(cluster, 1200, [w2, w3], timeout=180, committed_only=committed_only)
+    assert_exact_sequences(cluster, ids_of(convs), committed_only=committed_only)
+    if committed_only:
+        assert_each_reply_committed_once(cluster, 1200)
 
 
 def test_broker_restart_while_workers_run(cluster: Cluster) -> None:
