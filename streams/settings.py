@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     partitions: int = Field(6, ge=1, le=1000, description="Partitions of topics Vigil creates")
     replication_factor: int = Field(1, ge=1, description="Replication of topics Vigil creates")
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port; 0 disables")
+    lag_interval: float = Field(
+        5.0, gt=0, description="Seconds between consumer-lag refreshes (own group and downstream groups)"
+    )
     web_port: int = Field(6066, ge=0, le=65535, description="Faust web port; 0 disables faust's web server")
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     dedup_ids_per_entity: int = Field(1000, ge=1, description="Handled event ids remembered per entity")

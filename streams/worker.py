@@ -21,7 +21,7 @@ import faust
 import faust.streams as faust_streams
 from faust.types import EventT, StreamT
 
-from . import kafka, metrics, topics, transactions
+from . import kafka, observability, topics, transactions
 from .agent import AgentSpec, Runtime
 from .app import create_app
 from .codec import EncodedRecord
@@ -173,6 +173,6 @@ def run_worker(settings: Settings, runtime: Runtime, agent_names: Sequence[str] 
     app = build_app(settings, specs, runtime.build_resources(settings))
     if settings.processing_guarantee == "exactly_once":
         transactions.prepare_local_state(app.conf.tabledir)
-    metrics.serve(settings.metrics_port)
+    observability.install(app, settings, specs)
     worker = VigilWorker(app, loglevel=settings.log_level.upper(), quiet=True, loop=loop)
     worker.execute_from_commandline()
