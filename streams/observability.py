@@ -3,7 +3,7 @@
 ``GET /metrics`` (prometheus-client exposition of ``streams.metrics.REGISTRY``), ``GET /healthz``
 (200 whenever the worker's event loop answers) and ``GET /readyz`` (200 once the worker has its
 partition assignment and its tables are recovered; 503 with the reason before that, during a
-rebalance and while stopping) on 127.0.0.1:``VIGIL_METRICS_PORT``.
+rebalance and while stopping) on ``VIGIL_METRICS_HOST`` (127.0.0.1):``VIGIL_METRICS_PORT``.
 
 The server runs on the worker's own asyncio loop (aiohttp), not in a thread: a thread would keep
 answering /healthz while the loop that does the work is stuck. The service is a dependency of
@@ -59,9 +59,10 @@ class Readiness:
 class Observability(Service):
     """The HTTP endpoint (if ``port`` > 0) and the lag monitor of one worker."""
 
-    def __init__(self, app: faust.App, port: int, lag: LagMonitor) -> None:
+    def __init__(self, app: faust.App, port: int, lag: LagMonitor, host: str = "127.0.0.1") -> None:
         self.app = app
         self.port = port
+        self.host = host
         self.lag = lag
         self.readiness = Readiness(app)
         self._runner: web.AppRunner | None = None
@@ -78,13 +79,13 @@ class Observability(Service):
         runner = web.AppRunner(web_app, access_log=None, handle_signals=False)
         await runner.setup()
         try:
-            await web.TCPSite(runner, "127.0.0.1", self.port).start()
+            await web.TCPSite(runner, self.host, self.port).start()
         except OSError:
             await runner.cleanup()
-            log.error("cannot serve metrics on 127.0.0.1:%d (VIGIL_METRICS_PORT)", self.port)
+            log.error("cannot serve metrics on %s:%d (VIGIL_METRICS_HOST/PORT)", self.host, self.port)
             raise
         self._runner = runner
-        log.info("metrics, /healthz and /readyz on http://127.0.0.1:%d", self.port)
+        log.info("metrics, /healthz and /readyz on http://%s:%d", self.host, self.port)
 
     @Service.task
     async def _refresh_lag(self) -> None:
@@ -118,6 +119,8 @@ def install(app: faust.App, settings: Settings, specs: Sequence[AgentSpec]) -> O
     """Attach the endpoint and the lag monitor to ``app`` (before the worker starts it).
     Read lag through the returned service: ``service.lag.lag(group, topic)`` and
     ``service.lag.downstream_lag(topic)``."""
-    service = Observability(app, settings.metrics_port, lag_monitor(settings, specs))
+    service = Observability(
+        app, settings.metrics_port, lag_monitor(settings, specs), host=settings.metrics_host
+    )
     app.add_dependency(service)
     return service

@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     partitions: int = Field(6, ge=1, le=1000, description="Partitions of topics Vigil creates")
     replication_factor: int = Field(1, ge=1, description="Replication of topics Vigil creates")
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port; 0 disables")
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address of /metrics, /healthz, /readyz (0.0.0.0 in a container)"
+    )
     lag_interval: float = Field(
         5.0, gt=0, description="Seconds between consumer-lag refreshes (own group and downstream groups)"
     )
