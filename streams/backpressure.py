@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from schemas import VigilError
@@ -32,6 +33,10 @@ class Gate(Protocol):
 @runtime_checkable
 class GateProvider(Protocol):
     def gates_for(self, agent: str) -> list[Gate]: ...
+
+
+#: label values of ``vigil_paused_partitions{reason}``
+PAUSE_REASONS = ("in_flight", "circuit_open", "budget", "downstream_lag")
 
 
 class Blocked(VigilError):
@@ -74,3 +79,59 @@ class ManualGate:
 
     async def wait_unblocked(self) -> None:
         await self._clear.wait()
+
+
+class HysteresisGate(ManualGate):
+    """Blocks when a reading (a downstream group's lag) rises above ``high`` and clears only
+    when it falls below ``low``, so the agent does not flap around one threshold."""
+
+    def __init__(self, reason: str, high: float, low: float, read: Callable[[], float | None]) -> None:
+        if not 0 <= low < high:
+            raise ValueError(f"need 0 <= low < high, got low={low} high={high}")
+        super().__init__(reason)
+        self.high = high
+        self.low = low
+        self._read = read
+
+    def refresh(self) -> None:
+        value = self._read()
+        if value is None:
+            return  # no reading yet (or the lag monitor failed): keep the last decision
+        if value > self.high:
+            self.block()
+        elif value < self.low:
+            self.unblock()
+
+
+class AgentGates:
+    """The gates of one agent. A record starts only through ``admit`` (it waits while any gate
+    is blocked); ``watch`` reports the set of blocking reasons whenever it changes, so the
+    worker can hold fetching of the agent's topic per reason."""
+
+    def __init__(self, gates: list[Gate], *, interval: float = 0.1) -> None:
+        self.gates = gates
+        self.interval = interval
+
+    def blocking(self) -> set[str]:
+        return {g.reason for g in self.gates if g.blocked()}
+
+    async def admit(self) -> None:
+        while True:
+            gate = next((g for g in self.gates if g.blocked()), None)
+            if gate is None:
+                return
+            await gate.wait_unblocked()
+
+    async def watch(self, on_change: Callable[[set[str], set[str]], None]) -> None:
+        """Calls ``on_change(now_blocking, no_longer_blocking)`` on every change; runs until
+        cancelled. Readings (lag) are refreshed here, on the same tick."""
+        current: set[str] = set()
+        while True:
+            for gate in self.gates:
+                if isinstance(gate, HysteresisGate):
+                    gate.refresh()
+            now = self.blocking()
+            if now != current:
+                on_change(now - current, current - now)
+                current = now
+            await asyncio.sleep(self.interval)

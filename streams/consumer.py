@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any, Protocol, cast
 
 import aiokafka
@@ -130,7 +130,7 @@ async def last_record_offset(reader: aiokafka.AIOKafkaConsumer, tp: TP, end: int
 class VigilConsumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._held_topics: set[str] = set()
+        self._held: dict[str, set[str]] = {}
         if self.in_transaction:
             # Faust's manager is built above but never started (it starts as a dependency).
             self.transactions = VigilTransactions(
@@ -207,21 +207,29 @@ class VigilConsumer(faust_aiokafka.Consumer):
             tracker.forget(revoked)
 
     # -- backpressure --------------------------------------------------------------------
-    def hold(self, topic: str) -> None:
-        """Stop fetching ``topic`` without touching Faust's own pause state (table recovery
-        pauses and resumes partitions itself; mixing the two would resume too early)."""
-        self._held_topics.add(topic)
+    def hold(self, topic: str, reason: str = "in_flight") -> None:
+        """Stop fetching ``topic`` while any reason holds it, without touching Faust's own
+        pause state (table recovery pauses and resumes partitions itself; mixing the two
+        would resume too early)."""
+        self._held.setdefault(topic, set()).add(reason)
 
-    def release(self, topic: str) -> None:
-        self._held_topics.discard(topic)
+    def release(self, topic: str, reason: str = "in_flight") -> None:
+        reasons = self._held.get(topic)
+        if reasons is not None:
+            reasons.discard(reason)
+            if not reasons:
+                del self._held[topic]
+
+    def held_reasons(self, topic: str) -> frozenset[str]:
+        return frozenset(self._held.get(topic, ()))
 
     @property
     def held_topics(self) -> frozenset[str]:
-        return frozenset(self._held_topics)
+        return frozenset(self._held)
 
     async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:  # noqa: ASYNC109 - faust's signature
-        if active_partitions is not None and self._held_topics:
-            active_partitions = {tp for tp in active_partitions if tp.topic not in self._held_topics}
+        if active_partitions is not None and self._held:
+            active_partitions = {tp for tp in active_partitions if tp.topic not in self._held}
             if not active_partitions:
                 await asyncio.sleep(min(timeout, 0.05))
                 return {}
@@ -239,6 +247,13 @@ class VigilApp(faust.App):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.drainables: list[Drainable] = []
+
+    #: set by the lag monitor: the highest lag of the groups consuming a topic, or None
+    downstream_lag_reader: Callable[[str], float | None] | None = None
+
+    def downstream_lag(self, topic: str) -> float | None:
+        reader = self.downstream_lag_reader
+        return reader(topic) if reader is not None else None
 
     def add_drainable(self, scheduler: Drainable) -> None:
         """Its tracker decides the committable offsets of its topic; it is drained on

@@ -21,6 +21,7 @@ from schemas import Envelope, InvalidEnvelopeError, Payload, VigilError, registr
 
 from . import codec, metrics, topics
 from .agent import AgentSpec
+from .backpressure import Blocked
 from .context import Context
 from .dlq import CONTROL_RELEASE, H_AGENT, H_CONTROL, REASON_PARKED, dead_letter, reason_of
 from .effects import AtLeastOnceEffects, Effects, Output, Publisher, StateWrite
@@ -112,7 +113,19 @@ class Dispatcher:
     async def _run_handler(
         self, event: Envelope[Payload], entity: EntityRecord
     ) -> tuple[Context[Any] | None, BaseException | None, int]:
-        """Each attempt starts from the stored state; only a successful one is kept."""
+        """Each attempt starts from the stored state; only a successful one is kept. A handler
+        stopped by a gate (``Blocked``) waits for it and starts over without using an attempt."""
+        while True:
+            try:
+                return await self._attempts(event, entity)
+            except Blocked as blocked:
+                log.info("agent %s: %s is waiting: %s", self.spec.name, event.id, blocked)
+                metrics.EVENTS.labels(self.spec.name, event.type, "blocked").inc()
+                await blocked.wait()
+
+    async def _attempts(
+        self, event: Envelope[Payload], entity: EntityRecord
+    ) -> tuple[Context[Any] | None, BaseException | None, int]:
         attempts = 0
 
         def on_retry(_: RetryCallState) -> None:
@@ -138,7 +151,7 @@ class Dispatcher:
                     finally:
                         metrics.HANDLER_SECONDS.labels(self.spec.name).observe(time.perf_counter() - started)
                     return ctx, None, attempts
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, Blocked):
             raise
         except Exception as exc:  # noqa: BLE001 - any handler failure is retried or dead-lettered, never acked silently
             return None, exc, attempts

@@ -20,7 +20,8 @@ CONSUMED = Counter(
 )
 EVENTS = Counter(
     "vigil_events_total",
-    "Events processed, by agent, event type and outcome (ok, retried, dlq, duplicate, parked)",
+    "Events processed, by agent, event type and outcome (ok, retried, dlq, duplicate, parked, "
+    "blocked: a gate held the handler back, no attempt used)",
     ["agent", "type", "outcome"],
     registry=REGISTRY,
 )

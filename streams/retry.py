@@ -17,6 +17,8 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from .backpressure import Blocked
+
 RETRIABLE_BUILTINS: tuple[type[BaseException], ...] = (TimeoutError, ConnectionError)
 
 
@@ -47,6 +49,8 @@ class Retry:
             raise ValueError("Retry backoff, max_backoff and jitter must be >= 0")
 
     def should_retry(self, exc: BaseException) -> bool:
+        if isinstance(exc, Blocked):
+            return False  # not a failure: the dispatcher waits for the gate, no attempt is used
         if isinstance(self.on, tuple):
             return isinstance(exc, self.on)
         return self.on(exc)

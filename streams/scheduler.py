@@ -50,6 +50,7 @@ class KeyOrderedScheduler(Generic[T]):
         max_buffered: int,
         on_pause: Callable[[], None] = lambda: None,
         on_resume: Callable[[], None] = lambda: None,
+        admit: Callable[[], Awaitable[None]] | None = None,
         name: str = "scheduler",
     ) -> None:
         if concurrency < 1 or max_buffered < 1:
@@ -60,6 +61,8 @@ class KeyOrderedScheduler(Generic[T]):
         self.max_buffered = max_buffered
         self._on_pause = on_pause
         self._on_resume = on_resume
+        #: awaited before a record starts: an open circuit or spent budget holds new starts
+        self._admit = admit
         self.name = name
         self._lanes: dict[LaneKey, deque[Job[T]]] = {}
         self._ready: asyncio.Queue[LaneKey] = asyncio.Queue()
@@ -119,6 +122,8 @@ class KeyOrderedScheduler(Generic[T]):
     async def _work(self) -> None:
         while True:
             key = await self._ready.get()
+            if self._admit is not None:
+                await self._admit()
             lane = self._lanes.get(key)
             if not lane:
                 continue  # dropped by drain()

@@ -48,6 +48,15 @@ class Settings(BaseSettings):
     session_timeout: float = Field(
         10.0, ge=6, description="Seconds without heartbeats before the group drops a dead worker"
     )
+    downstream_lag_high: int = Field(
+        0,
+        ge=0,
+        description="Pause an agent while a group consuming a topic it emits to lags more than this "
+        "many records (0 disables)",
+    )
+    downstream_lag_low: int = Field(
+        0, ge=0, description="... and resume once that lag is below this (default: half of the high mark)"
+    )
     fail_commits: int = Field(0, ge=0, description="Testing failpoint: the first N offset commits fail")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

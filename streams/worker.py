@@ -11,8 +11,10 @@ finished (and its offset becomes committable, see ``streams.consumer``) only aft
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
+import time
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -21,11 +23,12 @@ import faust
 import faust.streams as faust_streams
 from faust.types import EventT, StreamT
 
-from . import kafka, observability, topics, transactions
+from . import kafka, metrics, observability, topics, transactions
 from .agent import AgentSpec, Runtime
 from .app import create_app
+from .backpressure import PAUSE_REASONS, AgentGates, Gate, GateProvider, HysteresisGate
 from .codec import EncodedRecord
-from .consumer import VigilApp
+from .consumer import VigilApp, VigilConsumer
 from .dispatcher import Dispatcher
 from .effects import TransactionalEffects
 from .errors import ConfigError
@@ -103,16 +106,27 @@ def bind_agent(
 
     def hold() -> None:
         log.info("agent %s: %d records buffered, pausing %s", spec.name, scheduler.buffered, topic_name)
-        app.vigil_consumer.hold(topic_name)
+        app.vigil_consumer.hold(topic_name, "in_flight")
 
     def release() -> None:
         log.info("agent %s: buffer drained to %d, resuming %s", spec.name, scheduler.buffered, topic_name)
-        app.vigil_consumer.release(topic_name)
+        app.vigil_consumer.release(topic_name, "in_flight")
+
+    gates = AgentGates(gates_for(app, spec, settings, resources))
+
+    def on_gates(blocking: set[str], cleared: set[str]) -> None:
+        for reason in sorted(blocking):
+            log.warning("agent %s: %s, pausing %s", spec.name, reason, topic_name)
+            app.vigil_consumer.hold(topic_name, reason)
+        for reason in sorted(cleared):
+            log.info("agent %s: %s cleared, resuming %s", spec.name, reason, topic_name)
+            app.vigil_consumer.release(topic_name, reason)
 
     async def process(event: EventT[Any]) -> None:
         # Tables find the partition of a write through Faust's current event, which is
         # task-local and only set inside the stream's own iteration.
         faust_streams._current_event.set(weakref.ref(event))
+        metrics.EVENT_AGE_SECONDS.labels(spec.name).observe(max(0.0, time.time() - event.message.timestamp))
         await dispatcher.handle(record_of(event))
         event.ack()
 
@@ -123,20 +137,25 @@ def bind_agent(
         max_buffered=spec.max_buffered or settings.max_buffered,
         on_pause=hold,
         on_resume=release,
+        admit=gates.admit if gates.gates else None,
         name=f"vigil.{spec.name}",
     )
     app.add_drainable(scheduler)
+    export_backpressure(app, spec.name, topic_name, scheduler)
+    consumed = metrics.CONSUMED.labels(spec.name, topic_name)
 
     async def feed(stream: StreamT[Any]) -> None:
         async for event in stream.events():
             m = event.message
-            scheduler.submit(m.tp, m.offset, m.key, event)
+            if scheduler.submit(m.tp, m.offset, m.key, event):
+                consumed.inc()
 
     async def consume(stream: StreamT[Any]) -> None:
         stream.enable_acks = False
         scheduler.start()
         feeding = asyncio.ensure_future(feed(stream))
         failing = asyncio.ensure_future(scheduler.wait_failed())
+        watching = asyncio.ensure_future(gates.watch(on_gates))
         try:
             done, _ = await asyncio.wait({feeding, failing}, return_when=asyncio.FIRST_COMPLETED)
             if failing in done:
@@ -145,11 +164,51 @@ def bind_agent(
         finally:
             feeding.cancel()
             failing.cancel()
+            watching.cancel()
             await scheduler.stop()
 
     consume.__name__ = consume.__qualname__ = f"vigil_{spec.name}"
     app.agent(source, name=f"vigil.{spec.name}")(consume)
     return dispatcher
+
+
+def gates_for(app: VigilApp, spec: AgentSpec, settings: Settings, resources: Mapping[str, Any]) -> list[Gate]:
+    """The resources' gates for this agent (LLM circuit, token budget) and, with
+    ``VIGIL_DOWNSTREAM_LAG_HIGH`` set, one per topic it emits to: blocked while the lag of the
+    groups consuming that topic is above the high mark, until it falls below the low mark."""
+    gates = [g for r in resources.values() if isinstance(r, GateProvider) for g in r.gates_for(spec.name)]
+    if settings.downstream_lag_high > 0:
+        low = settings.downstream_lag_low or settings.downstream_lag_high // 2
+        if low >= settings.downstream_lag_high:
+            raise ConfigError("VIGIL_DOWNSTREAM_LAG_LOW must be below VIGIL_DOWNSTREAM_LAG_HIGH")
+        for model in spec.emits:
+            emitted = settings.topic(topics.for_type(model.event_type).name)
+            gates.append(
+                HysteresisGate(
+                    "downstream_lag",
+                    high=settings.downstream_lag_high,
+                    low=low,
+                    read=functools.partial(app.downstream_lag, emitted),
+                )
+            )
+    return gates
+
+
+def export_backpressure(app: VigilApp, agent: str, topic: str, scheduler: KeyOrderedScheduler[Any]) -> None:
+    """In-flight records and paused partitions per reason, read when Prometheus scrapes."""
+    metrics.IN_FLIGHT.labels(agent).set_function(lambda: scheduler.buffered)
+
+    def paused(reason: str) -> float:
+        consumer = app._consumer
+        if not isinstance(consumer, VigilConsumer) or reason not in consumer.held_reasons(topic):
+            return 0.0
+        try:
+            return float(sum(1 for tp in consumer.assignment() if tp.topic == topic))
+        except Exception:  # noqa: BLE001 - not started yet: nothing is assigned
+            return 0.0
+
+    for reason in PAUSE_REASONS:
+        metrics.PAUSED_PARTITIONS.labels(agent, reason).set_function(functools.partial(paused, reason))
 
 
 def build_app(settings: Settings, specs: Sequence[AgentSpec], resources: Mapping[str, Any]) -> VigilApp:
@@ -173,6 +232,7 @@ def run_worker(settings: Settings, runtime: Runtime, agent_names: Sequence[str] 
     app = build_app(settings, specs, runtime.build_resources(settings))
     if settings.processing_guarantee == "exactly_once":
         transactions.prepare_local_state(app.conf.tabledir)
-    observability.install(app, settings, specs)
+    obs = observability.install(app, settings, specs)
+    app.downstream_lag_reader = obs.lag.downstream_lag
     worker = VigilWorker(app, loglevel=settings.log_level.upper(), quiet=True, loop=loop)
     worker.execute_from_commandline()
