@@ -127,10 +127,3 @@ WORKER_READY = Gauge(
     registry=REGISTRY,
 )
 
-
-def serve(port: int) -> None:
-    """Expose /metrics on 127.0.0.1:port (0 disables)."""
-    from prometheus_client import start_http_server
-
-    if port:
-        start_http_server(port, addr="127.0.0.1", registry=REGISTRY)
