@@ -126,4 +126,3 @@ WORKER_READY = Gauge(
     [],
     registry=REGISTRY,
 )
-
