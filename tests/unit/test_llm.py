@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
-from aiohttp.test_utils import TestServer
 
-from agents.fake_llm import FakeLLM, Faults, completion
+from agents.fake_llm import FakeLLM, completion
 from agents.llm import LLMClient, LLMError
 from streams import Settings
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[tuple[FakeLLM, str]]:
-    fake = FakeLLM(Faults())
-    srv = TestServer(fake.app(), host="127.0.0.1")
-    await srv.start_server()
-    try:
-        yield fake, f"http://127.0.0.1:{srv.port}/v1"
-    finally:
-        await srv.close()
 
 
 def client(base: str, **kw: object) -> LLMClient:

@@ -8,15 +8,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
 
 from agents.circuit import CircuitState
-from agents.fake_llm import FakeLLM, Faults, completion
+from agents.fake_llm import FakeLLM, completion
 from agents.llm import UNBOUND, LLMClient, LLMError, router_config
 from streams import Settings
 from streams.backpressure import Blocked
@@ -24,17 +23,6 @@ from streams.metrics import REGISTRY
 from tests.support import start_fake_llm, wait_for
 
 MSG = [{"role": "user", "content": "where is my order?"}]
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[tuple[FakeLLM, str]]:
-    fake = FakeLLM(Faults())
-    srv = TestServer(fake.app(), host="127.0.0.1")
-    await srv.start_server()
-    try:
-        yield fake, f"http://127.0.0.1:{srv.port}/v1"
-    finally:
-        await srv.close()
 
 
 def settings(base: str, **kw: Any) -> Settings:
