@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 
-.PHONY: help venv demo test test-unit test-kafka lint kafka-up kafka-down kafka-status fake-llm worker clean
+.PHONY: help venv demo test test-unit test-kafka lint bench kafka-up kafka-down kafka-status fake-llm worker clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ lint: venv ## ruff on everything, mypy (strict) on schemas/ and streams/
 	$(BIN)/ruff check schemas streams agents tests ops
 	$(BIN)/ruff format --check schemas streams agents tests ops
 	$(BIN)/mypy schemas streams
+
+bench: venv ## Benchmarks on the local broker: one JSON of ratios (BENCH_ARGS=--small: quick mode)
+	$(BIN)/python -m ops.bench $(BENCH_ARGS)
 
 kafka-up: venv ## Start the local Kafka broker (no Docker; jars from Maven Central)
 	VIGIL_PYTHON=$(BIN)/python ops/kafka/kafka.sh up
