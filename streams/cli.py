@@ -89,7 +89,7 @@ def worker(ctx: click.Context, agent_names: str | None, modules: tuple[str, ...]
         except ImportError as exc:
             raise click.BadParameter(f"cannot import {module!r}: {exc}", param_hint="--module") from None
 
-    logging.getLogger("aiokafka").setLevel(logging.NOTSET)  # a worker's client warnings matter
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)  # a worker's client warnings matter
     names = [n.strip() for n in agent_names.split(",") if n.strip()] if agent_names else None
     if names is not None and not names:
         raise click.BadParameter("no agent names given", param_hint="--agents")
