@@ -122,11 +122,13 @@ def bind_agent(
             log.info("agent %s: %s cleared, resuming %s", spec.name, reason, topic_name)
             app.vigil_consumer.release(topic_name, reason)
 
+    event_age = metrics.EVENT_AGE_SECONDS.labels(spec.name)
+
     async def process(event: EventT[Any]) -> None:
         # Tables find the partition of a write through Faust's current event, which is
         # task-local and only set inside the stream's own iteration.
         faust_streams._current_event.set(weakref.ref(event))
-        metrics.EVENT_AGE_SECONDS.labels(spec.name).observe(max(0.0, time.time() - event.message.timestamp))
+        event_age.observe(max(0.0, time.time() - event.message.timestamp))
         await dispatcher.handle(record_of(event))
         event.ack()
 
@@ -155,7 +157,7 @@ def bind_agent(
         scheduler.start()
         feeding = asyncio.ensure_future(feed(stream))
         failing = asyncio.ensure_future(scheduler.wait_failed())
-        watching = asyncio.ensure_future(gates.watch(on_gates))
+        watching = asyncio.ensure_future(gates.watch(on_gates)) if gates.gates else None
         try:
             done, _ = await asyncio.wait({feeding, failing}, return_when=asyncio.FIRST_COMPLETED)
             if failing in done:
@@ -164,7 +166,8 @@ def bind_agent(
         finally:
             feeding.cancel()
             failing.cancel()
-            watching.cancel()
+            if watching is not None:
+                watching.cancel()
             await scheduler.stop()
 
     consume.__name__ = consume.__qualname__ = f"vigil_{spec.name}"
