@@ -223,10 +223,6 @@ class VigilConsumer(faust_aiokafka.Consumer):
     def held_reasons(self, topic: str) -> frozenset[str]:
         return frozenset(self._held.get(topic, ()))
 
-    @property
-    def held_topics(self) -> frozenset[str]:
-        return frozenset(self._held)
-
     async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:  # noqa: ASYNC109 - faust's signature
         if active_partitions is not None and self._held:
             active_partitions = {tp for tp in active_partitions if tp.topic not in self._held}
