@@ -12,6 +12,13 @@ Faust gets three things wrong for concurrent handlers, each checked in its sourc
   outlives the rebalance timeout when handlers are slow. Here the app drains each agent's
   scheduler with a deadline, cancels what is left (uncommitted, so redelivered), then commits.
 
+A fourth loses records under rebalance: after a rebalance Faust resumes the stream
+partitions, awaits a seek to the committed offsets, then clears the stream queues
+(``flow_control.resume``). Records fetched while that seek is awaited are queued, cleared, and
+never read again, since the fetch position is already past them; the commit then passes them
+once later records finish. Here the stream partitions stay paused from the seek until the
+clear (``perform_seek``/``resume_flow``).
+
 The driver's ``_commit`` crashes the worker on any error but "already rebalanced"; a broker
 restart must not kill workers, so retriable Kafka errors only skip this commit tick.
 """
@@ -20,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any, Protocol, cast
 
 import aiokafka
@@ -131,6 +138,7 @@ class VigilConsumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._held: dict[str, set[str]] = {}
+        self._resume_after_clear: set[TP] = set()
         if self.in_transaction:
             # Faust's manager is built above but never started (it starts as a dependency).
             self.transactions = VigilTransactions(
@@ -200,6 +208,33 @@ class VigilConsumer(faust_aiokafka.Consumer):
                     else:
                         self._committed_offset[tp] = old
         return did_commit
+
+    # -- seek, then clear, then fetch ----------------------------------------------------
+    async def perform_seek(self) -> None:
+        """Faust calls this with the stream partitions already resumed and clears the stream
+        queues only after it returns (``Recovery.on_recovery_completed``, ``_resume_streams``).
+        Whatever is fetched in between would be dropped by that clear with the position past
+        it, so the stream partitions stop fetching here and resume in ``resume_flow``, which
+        Faust calls right after the clear."""
+        active = self._get_active_partitions()
+        streams = {tp for tp in active if not self._is_changelog_tp(tp)}
+        active.difference_update(streams)
+        self._resume_after_clear.update(streams)
+        await super().perform_seek()
+
+    def pause_partitions(self, tps: Iterable[TP]) -> None:
+        tpset = set(tps)
+        super().pause_partitions(tpset)
+        self._resume_after_clear.difference_update(tpset)
+
+    def resume_flow(self) -> None:
+        deferred, self._resume_after_clear = self._resume_after_clear, set()
+        if deferred:
+            assigned = self.assignment()
+            self._get_active_partitions().update(
+                tp for tp in deferred if tp in assigned and tp not in self._paused_partitions
+            )
+        super().resume_flow()
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         await super().on_partitions_revoked(revoked)
