@@ -23,7 +23,7 @@ import faust
 import faust.streams as faust_streams
 from faust.types import EventT, StreamT
 
-from . import kafka, metrics, observability, topics, transactions
+from . import kafka, metrics, observability, recovery, topics, transactions
 from .agent import AgentSpec, Runtime
 from .app import create_app
 from .backpressure import PAUSE_REASONS, AgentGates, Gate, GateProvider, HysteresisGate
@@ -236,6 +236,7 @@ def run_worker(settings: Settings, runtime: Runtime, agent_names: Sequence[str] 
     if settings.processing_guarantee == "exactly_once":
         transactions.prepare_local_state(app.conf.tabledir)
     obs = observability.install(app, settings, specs)
+    recovery.install(app)
     app.downstream_lag_reader = obs.lag.downstream_lag
     worker = VigilWorker(app, loglevel=settings.log_level.upper(), quiet=True, loop=loop)
     # The worker leaves these loggers at DEBUG: every record would build log records that the
