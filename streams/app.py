@@ -39,4 +39,5 @@ def create_app(settings: Settings) -> VigilApp:
     )
     app.drain_timeout = settings.drain_timeout
     app.vigil_fail_commits = settings.fail_commits
+    app.vigil_fail_resumes = settings.fail_resumes
     return app

@@ -229,6 +229,11 @@ class VigilConsumer(faust_aiokafka.Consumer):
 
     def resume_flow(self) -> None:
         deferred, self._resume_after_clear = self._resume_after_clear, set()
+        app = self.app
+        if deferred and getattr(app, "vigil_fail_resumes", 0) > 0:
+            app.vigil_fail_resumes -= 1  # type: ignore[attr-defined]
+            log.warning("failpoint: the resume of %s is lost", sorted(deferred))
+            deferred = set()
         if deferred:
             assigned = self.assignment()
             self._get_active_partitions().update(
@@ -240,6 +245,20 @@ class VigilConsumer(faust_aiokafka.Consumer):
         await super().on_partitions_revoked(revoked)
         for tracker in self._trackers():
             tracker.forget(revoked)
+
+    def fetch_state(self, tp: TP) -> tuple[bool, bool]:
+        """(fetching, paused) of ``tp`` as Faust's fetcher sees it."""
+        return tp in self._get_active_partitions(), tp in self._paused_partitions
+
+    async def refetch(self, tp: TP, offset: int) -> None:
+        """Make ``tp`` fetchable again from ``offset`` (its committed offset): the liveness
+        guard's cure for a partition that no path resumed. Faust's read offset moves with the
+        seek, so the records are read again."""
+        self._resume_after_clear.discard(tp)
+        self.resume_partitions({tp})
+        if not self.flow_active:
+            self.resume_flow()
+        await self.seek(tp, max(offset, 0))
 
     # -- backpressure --------------------------------------------------------------------
     def hold(self, topic: str, reason: str = "in_flight") -> None:
@@ -259,12 +278,40 @@ class VigilConsumer(faust_aiokafka.Consumer):
         return frozenset(self._held.get(topic, ()))
 
     async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:  # noqa: ASYNC109 - faust's signature
-        if active_partitions is not None and self._held:
-            active_partitions = {tp for tp in active_partitions if tp.topic not in self._held}
-            if not active_partitions:
+        """Faust hands its live set of active partitions to aiokafka's ``fetched_records``,
+        which runs on the consumer thread and waits up to ``timeout``, re-reading the set on
+        every wake-up. Two things then drop records silently: aiokafka reads an *empty* set as
+        "every partition" (so a set emptied meanwhile, e.g. by ``perform_seek`` on a worker
+        whose only active partitions are stream partitions, drains all prefetched records),
+        and Faust discards what comes back for a partition no longer active. Those records are
+        consumed (the fetch position is past them) but never reach a stream: the partition
+        stalls below its highwater. Here aiokafka gets a snapshot that is never empty, and a
+        partition whose records Faust would discard is rewound to the first of them."""
+        wanted: set[TP] | None = None
+        if active_partitions is not None:
+            wanted = {tp for tp in active_partitions if tp.topic not in self._held}
+            if not wanted:
                 await asyncio.sleep(min(timeout, 0.05))
                 return {}
-        return await super()._getmany(active_partitions, timeout)
+        records = await super()._getmany(wanted, timeout)
+        if wanted is not None and records:
+            await self._rewind_discarded(records)
+        return records
+
+    async def _rewind_discarded(self, records: Mapping[TP, Any]) -> None:
+        live = self._get_active_partitions()
+        assigned = self.assignment()
+        for tp, batch in records.items():
+            if not batch or tp in live or tp in self._buffered_partitions or tp not in assigned:
+                continue
+            first = min(r.offset for r in batch)
+            log.info(
+                "%s[%d] stopped fetching while %d records were in flight: rewinding to %d",
+                *tp,
+                len(batch),
+                first,
+            )
+            await self.seek(TP(tp.topic, tp.partition), first)
 
 
 class VigilApp(faust.App):
@@ -274,10 +321,14 @@ class VigilApp(faust.App):
     drain_timeout: float = 10.0
     #: failpoint for tests: the next N offset commits fail like a commit during a rebalance
     vigil_fail_commits: int = 0
+    #: failpoint for tests: the next N post-rebalance resumes of stream partitions are lost
+    vigil_fail_resumes: int = 0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.drainables: list[Drainable] = []
+        #: source topics the liveness guard watches (``streams.recovery.WatchedSource``)
+        self.watched_sources: list[Any] = []
 
     #: set by the lag monitor: the highest lag of the groups consuming a topic, or None
     downstream_lag_reader: Callable[[str], float | None] | None = None

@@ -52,6 +52,20 @@ PAUSED_PARTITIONS = Gauge(
     ["agent", "reason"],
     registry=REGISTRY,
 )
+STALLED_PARTITIONS = Gauge(
+    "vigil_stalled_partitions",
+    "Assigned source partitions with records past their committed offset that made no progress "
+    "for VIGIL_STALL_TIMEOUT, by agent",
+    ["agent"],
+    registry=REGISTRY,
+)
+PARTITION_RECOVERIES = Counter(
+    "vigil_partition_recoveries_total",
+    "Stalled partitions the liveness guard acted on, by agent and action (resumed: sought "
+    "to the committed offset; released: a hold whose condition no longer held)",
+    ["agent", "action"],
+    registry=REGISTRY,
+)
 DLQ_RECORDS = Counter(
     "vigil_dlq_records_total",
     "Records sent to a DLQ, by agent and reason",

@@ -15,7 +15,7 @@ drained and committed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import faust
 from aiohttp import web
@@ -37,6 +37,8 @@ class Readiness:
 
     def __init__(self, app: faust.App) -> None:
         self.app = app
+        #: more reasons not to be ready once running (the liveness guard's stalled partitions)
+        self.checks: list[Callable[[], str | None]] = []
 
     def reason(self) -> str | None:
         """Why the worker is not ready, or None when it is."""
@@ -49,6 +51,10 @@ class Readiness:
             return "waiting for the first partition assignment"
         if app.in_recovery:
             return "recovering tables"
+        for check in self.checks:
+            reason = check()
+            if reason is not None:
+                return reason
         return None
 
     @property

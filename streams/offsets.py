@@ -23,9 +23,16 @@ class PartitionProgress:
         self._done: set[int] = set()
         self._next: int | None = None
 
+    @property
+    def last_seen(self) -> int | None:
+        """The highest offset tracked so far (None before the first)."""
+        if self._pending:
+            return self._pending[-1]
+        return self._next - 1 if self._next is not None else None
+
     def track(self, offset: int) -> bool:
         """False for an offset at or below one already seen (a re-fetch of in-flight or done work)."""
-        last = self._pending[-1] if self._pending else (self._next - 1 if self._next is not None else None)
+        last = self.last_seen
         if last is not None and offset <= last:
             return False
         self._pending.append(offset)
@@ -69,6 +76,11 @@ class OffsetTracker:
     def committable(self, tp: TP) -> int | None:
         progress = self._parts.get(tp)
         return progress.committable() if progress is not None else None
+
+    def progress(self, tp: TP) -> tuple[int | None, int | None]:
+        """(last offset seen, committable offset) of ``tp``: it changes whenever ``tp`` moves."""
+        progress = self._parts.get(tp)
+        return (progress.last_seen, progress.committable()) if progress is not None else (None, None)
 
     def forget(self, tps: Iterable[TP]) -> None:
         for tp in tps:

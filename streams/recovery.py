@@ -1,24 +1,35 @@
-"""A watchdog for Faust's table recovery.
+"""Two watchdogs that keep a worker making progress whatever Faust's call order does.
 
-Twice in about fifty runs of the 1 -> 2 -> 3 -> 2 workers test, a worker given a changelog
-partition by a rebalance sought it to the start and then received no changelog record for
-minutes: recovery never finished, so its source partitions never resumed (the records were not
-lost, only stuck). The cause is not found yet; the fetcher was still polling the partition,
-which fits records consumed by the fetcher and dropped before they reached recovery. Seeking the
-partition again to the last applied offset re-reads whatever was dropped. Re-reading is
-harmless: recovery skips offsets it has applied. Each kick logs the fetch state, to find the
-cause next time.
+``LivenessGuard`` watches every assigned source partition (see ``streams.liveness`` for the
+rules): one with records past its committed offset that has not moved for
+``VIGIL_STALL_TIMEOUT`` is logged with its whole fetch state, counted, and reported by
+``/readyz``; a hold whose condition no longer holds is released, and a partition that nothing
+holds and nothing of which is in flight is resumed and sought to its committed offset.
+
+``RecoveryWatchdog`` watches Faust's table recovery. Twice in about fifty runs of the
+1 -> 2 -> 3 -> 2 workers test, a worker given a changelog partition by a rebalance sought it to
+the start and then received no changelog record for minutes: recovery never finished, so its
+source partitions never resumed. Seeking the partition again to the last applied offset
+re-reads whatever was dropped; re-reading is harmless (recovery skips offsets it has applied).
+Each kick logs the fetch state.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from faust.types import TP
 from mode import Service
+
+from . import metrics
+from .backpressure import PAUSE_REASONS, AgentGates
+from .liveness import PartitionView, StallDetector
+from .scheduler import KeyOrderedScheduler
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +105,7 @@ class RecoveryWatchdog(Service):
             tp in consumer._get_active_partitions(),
         )
         self.kicks += 1
+        metrics.PARTITION_RECOVERIES.labels("-", "changelog_sought").inc()
         await consumer.seek_wait({tp: max(offset, 0)})
 
 
@@ -102,3 +114,169 @@ def install(app: Any, **kwargs: Any) -> RecoveryWatchdog:
     watchdog = RecoveryWatchdog(app, **kwargs)
     app.add_dependency(watchdog)
     return watchdog
+
+
+@dataclass(frozen=True)
+class WatchedSource:
+    """One agent's source topic, with what decides whether its holds are still valid."""
+
+    agent: str
+    topic: str
+    scheduler: KeyOrderedScheduler[Any]
+    gates: AgentGates
+
+
+class LivenessGuard(Service):
+    """Every ``interval`` seconds: a view of each assigned source partition, the stalled ones
+    logged and acted on (``streams.liveness``)."""
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        stall_after: float = 30.0,
+        interval: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        **kwargs: Any,
+    ) -> None:
+        self.app = app
+        self.detector = StallDetector(stall_after)
+        self.interval = interval if interval is not None else min(5.0, stall_after / 3)
+        self.clock = clock
+        #: the partitions found stalled by the last check (``/readyz`` reports them)
+        self.stalled: list[PartitionView] = []
+        self._logged_at: dict[tuple[str, str, int], float] = {}
+        super().__init__(**kwargs)
+
+    @property
+    def sources(self) -> list[WatchedSource]:
+        return list(self.app.watched_sources)
+
+    def stalled_reason(self) -> str | None:
+        if not self.stalled:
+            return None
+        return "stalled partitions: " + ", ".join(
+            f"{v.topic}[{v.partition}] ({v.verdict()})" for v in self.stalled
+        )
+
+    @Service.task
+    async def _watch(self) -> None:
+        while not self.should_stop:
+            await self.sleep(self.interval)
+            try:
+                await self.check()
+            except Exception:  # a watchdog must not take the worker down
+                log.exception("liveness guard: check failed")
+
+    def _settled(self) -> bool:
+        app = self.app
+        return bool(
+            not app.should_stop
+            and not app.rebalancing
+            and not app.in_recovery
+            and app.tables.recovery.completed.is_set()
+        )
+
+    async def check(self) -> None:
+        views = await self.views() if self._settled() else []
+        now = self.clock()
+        self.stalled = self.detector.stalled(views, now)
+        for source in self.sources:
+            metrics.STALLED_PARTITIONS.labels(source.agent).set(
+                sum(1 for v in self.stalled if v.agent == source.agent)
+            )
+        for view in self.stalled:
+            await self._act(view, now)
+
+    async def views(self) -> list[PartitionView]:
+        consumer = self.app.vigil_consumer
+        assigned = consumer.assignment()
+        out: list[PartitionView] = []
+        for source in self.sources:
+            tps = sorted(tp for tp in assigned if tp.topic == source.topic)
+            if not tps:
+                continue
+            highwaters = await consumer.highwaters(*tps)
+            held = consumer.held_reasons(source.topic)
+            valid = frozenset(r for r in held if self._hold_valid(source, r))
+            for tp in tps:
+                active, paused = consumer.fetch_state(tp)
+                out.append(
+                    PartitionView(
+                        agent=source.agent,
+                        topic=tp.topic,
+                        partition=tp.partition,
+                        highwater=highwaters.get(tp),
+                        committed=consumer._committed_offset.get(tp),
+                        position=await self._position(consumer, tp),
+                        progress=source.scheduler.tracker.progress(tp),
+                        buffered=source.scheduler.buffered_of(tp),
+                        running=len(source.scheduler.running([tp])),
+                        active=active,
+                        paused=paused,
+                        flow_active=consumer.flow_active,
+                        held=held,
+                        held_valid=valid,
+                    )
+                )
+        return out
+
+    @staticmethod
+    async def _position(consumer: Any, tp: TP) -> int | None:
+        try:
+            position = await asyncio.wait_for(consumer.position(tp), 1.0)
+        except Exception:  # noqa: BLE001 - diagnostics only (awaiting a reset, or revoked)
+            return None
+        return int(position) if position is not None else None
+
+    @staticmethod
+    def _hold_valid(source: WatchedSource, reason: str) -> bool:
+        if reason == "in_flight":
+            scheduler = source.scheduler
+            return scheduler.buffered > scheduler.max_buffered // 2
+        if reason in PAUSE_REASONS:
+            return any(g.blocked() for g in source.gates.gates if g.reason == reason)
+        return True  # a reason this guard does not know: assume it holds
+
+    async def _act(self, view: PartitionView, now: float) -> None:
+        verdict = view.verdict()
+        key = view.key
+        if verdict != "waiting" or now - self._logged_at.get(key, float("-inf")) >= self.detector.stall_after:
+            self._logged_at[key] = now
+            log.warning(
+                "partition stalled for %.0fs+ (%s): %s",
+                self.detector.stall_after,
+                verdict,
+                view.describe(),
+            )
+        if verdict == "waiting":
+            return
+        source = next(s for s in self.sources if s.agent == view.agent)
+        consumer = self.app.vigil_consumer
+        for reason in sorted(view.held - view.held_valid):
+            log.warning(
+                "liveness guard: releasing hold %r of %s: its condition no longer holds", reason, view.topic
+            )
+            consumer.release(view.topic, reason)
+            if reason == "in_flight":
+                source.scheduler.paused = False
+            metrics.PARTITION_RECOVERIES.labels(view.agent, "released").inc()
+        if verdict == "recover":
+            tp = TP(view.topic, view.partition)
+            log.warning(
+                "liveness guard: resuming %s[%d] and seeking it to its committed offset %s",
+                view.topic,
+                view.partition,
+                view.committed,
+            )
+            source.scheduler.tracker.forget([tp])
+            await consumer.refetch(tp, view.committed if view.committed is not None else 0)
+            metrics.PARTITION_RECOVERIES.labels(view.agent, "resumed").inc()
+        self.detector.restart(view, now)
+
+
+def install_guard(app: Any, **kwargs: Any) -> LivenessGuard:
+    """Attach the liveness guard to ``app`` (before the worker starts it)."""
+    guard = LivenessGuard(app, **kwargs)
+    app.add_dependency(guard)
+    return guard

@@ -173,6 +173,10 @@ class KeyOrderedScheduler(Generic[T]):
             await self._progress.wait()
 
     # -- rebalance and shutdown ----------------------------------------------------------
+    def buffered_of(self, tp: TP) -> int:
+        """Records of ``tp`` queued or running (counted from the lanes, read by the liveness guard)."""
+        return sum(len(lane) for (lane_tp, _), lane in self._lanes.items() if lane_tp == tp)
+
     def running(self, tps: Collection[TP] | None = None) -> list[Job[T]]:
         return [j for j in self._running.values() if tps is None or j.tp in tps]
 

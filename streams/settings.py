@@ -57,7 +57,15 @@ class Settings(BaseSettings):
     downstream_lag_low: int = Field(
         0, ge=0, description="... and resume once that lag is below this (default: half of the high mark)"
     )
+    stall_timeout: float = Field(
+        30.0, gt=0, description="Seconds a partition with records past its committed offset may not move"
+    )
     fail_commits: int = Field(0, ge=0, description="Testing failpoint: the first N offset commits fail")
+    fail_resumes: int = Field(
+        0,
+        ge=0,
+        description="Testing failpoint: the first N post-rebalance resumes of stream partitions are lost",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     llm_model: str = Field("openai/fake", description="litellm model name, e.g. openai/gpt-4o-mini")

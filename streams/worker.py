@@ -143,6 +143,7 @@ def bind_agent(
         name=f"vigil.{spec.name}",
     )
     app.add_drainable(scheduler)
+    app.watched_sources.append(recovery.WatchedSource(spec.name, topic_name, scheduler, gates))
     export_backpressure(app, spec.name, topic_name, scheduler)
     consumed = metrics.CONSUMED.labels(spec.name, topic_name)
 
@@ -237,6 +238,8 @@ def run_worker(settings: Settings, runtime: Runtime, agent_names: Sequence[str] 
         transactions.prepare_local_state(app.conf.tabledir)
     obs = observability.install(app, settings, specs)
     recovery.install(app)
+    guard = recovery.install_guard(app, stall_after=settings.stall_timeout)
+    obs.readiness.checks.append(guard.stalled_reason)
     app.downstream_lag_reader = obs.lag.downstream_lag
     worker = VigilWorker(app, loglevel=settings.log_level.upper(), quiet=True, loop=loop)
     # The worker leaves these loggers at DEBUG: every record would build log records that the
