@@ -468,8 +468,3 @@ def schemas(out: Path | None) -> None:
 def add_command(command: Callable[..., Any]) -> None:
     """For layers above the runtime (``agents.cli``) to extend ``vigil``."""
     cli.add_command(command)  # type: ignore[arg-type]
-
-
-def main() -> None:
-    configure_logging()
-    cli(prog_name="vigil")

@@ -11,12 +11,6 @@ class UndecodableError(VigilError):
     reason = "undecodable"
 
 
-class HandlerError(VigilError):
-    """Wraps an exception raised by a user handler (DLQ headers keep the original class)."""
-
-    reason = "handler_error"
-
-
 class ConfigError(VigilError):
     reason = "config"
 

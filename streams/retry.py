@@ -63,6 +63,3 @@ class Retry:
             before_sleep=before_sleep,
             reraise=True,
         )
-
-
-NO_RETRY = Retry(max_attempts=1)

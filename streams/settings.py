@@ -30,7 +30,9 @@ class Settings(BaseSettings):
     lag_interval: float = Field(
         5.0, gt=0, description="Seconds between consumer-lag refreshes (own group and downstream groups)"
     )
-    web_port: int = Field(6066, ge=0, le=65535, description="Faust web port; 0 disables faust's web server")
+    web_port: int = Field(
+        0, ge=0, le=65535, description="Faust's own web server port; 0 (default) leaves it off"
+    )
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     dedup_ids_per_entity: int = Field(1000, ge=1, description="Handled event ids remembered per entity")
     commit_interval: float = Field(1.0, gt=0, description="Seconds between offset commits")
@@ -95,13 +97,6 @@ class Settings(BaseSettings):
     def topic(self, name: str) -> str:
         """The real name of a catalogue topic: the prefix is prepended verbatim."""
         return f"{self.topic_prefix}{name}"
-
-    def unprefixed(self, name: str) -> str:
-        return (
-            name[len(self.topic_prefix) :]
-            if self.topic_prefix and name.startswith(self.topic_prefix)
-            else name
-        )
 
     @cached_property
     def group_id(self) -> str:

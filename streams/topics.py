@@ -5,7 +5,7 @@ Names here are logical; ``Settings.topic`` prepends ``VIGIL_TOPIC_PREFIX``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from schemas import split_type
 
@@ -18,7 +18,6 @@ class TopicSpec:
     #: event type bases carried (``chat.message.received``), any version
     types: tuple[str, ...] = ()
     description: str = ""
-    config: dict[str, str] = field(default_factory=dict)
 
 
 CATALOGUE: tuple[TopicSpec, ...] = (
