@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 
-.PHONY: help venv demo test test-unit test-kafka lint bench kafka-up kafka-down kafka-status fake-llm worker clean
+.PHONY: help deps venv demo test test-unit test-kafka lint bench soak kafka-up kafka-down kafka-status fake-llm worker clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -18,18 +18,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	@touch $(STAMP)
 
+deps: ## Check the system tools (Java 17+, Maven, Prometheus, python3-venv); apt-get installs missing ones as root
+	@PYTHON=$(PYTHON) VENV=$(VENV) ops/deps.sh
+
 venv: $(STAMP) ## Create .venv and install Vigil with its test tools
 
-demo: venv ## Run the support agent end to end (starts and stops Kafka and the fake LLM if needed)
+demo: deps venv ## Run the support agent end to end (starts and stops Kafka and the fake LLM if needed)
 	$(BIN)/python ops/demo.py
 
-test: venv ## Unit and integration tests (starts a local Kafka for the session if none answers)
-	$(BIN)/pytest
+test: deps lint ## Lint, then unit and integration tests (broker: VIGIL_TEST_BROKER, see README)
+	$(BIN)/pytest --durations=15
 
-test-unit: venv ## Unit tests only (no broker)
+test-unit: deps venv ## Unit tests only (no broker)
 	$(BIN)/pytest -m "not kafka"
 
-test-kafka: venv ## Integration tests on the real broker only
+test-kafka: deps venv ## Integration tests on the real broker only
 	$(BIN)/pytest -m kafka
 
 lint: venv ## ruff on everything, mypy (strict) on schemas/ and streams/
@@ -37,10 +40,13 @@ lint: venv ## ruff on everything, mypy (strict) on schemas/ and streams/
 	$(BIN)/ruff format --check schemas streams agents tests ops
 	$(BIN)/mypy schemas streams
 
-bench: venv ## Benchmarks on the local broker: one JSON of ratios (BENCH_ARGS=--small: quick mode)
+bench: deps venv ## Benchmarks on the local broker: one JSON of ratios (BENCH_ARGS=--small: quick mode)
 	$(BIN)/python -m ops.bench $(BENCH_ARGS)
 
-kafka-up: venv ## Start the local Kafka broker (no Docker; jars from Maven Central)
+soak: venv ## Fault scenarios N times in both guarantees: lost/duplicates/order/stalls (SOAK_ARGS="--runs 2")
+	$(BIN)/python -m ops.soak $(SOAK_ARGS)
+
+kafka-up: deps venv ## Start the local Kafka broker (no Docker; jars from Maven Central)
 	VIGIL_PYTHON=$(BIN)/python ops/kafka/kafka.sh up
 
 kafka-down: ## Stop the local Kafka broker (data is kept)

@@ -214,7 +214,7 @@ def test_prometheus_scrapes_the_worker_and_serves_its_lag(cluster: Cluster, tmp_
     one worker every second; the lag read back through its HTTP API is the broker's."""
     exe = shutil.which("prometheus")
     if exe is None:
-        pytest.fail("prometheus not found on PATH: install Debian's `prometheus` package (.ci/run does)")
+        pytest.fail("prometheus not found on PATH: install Debian's `prometheus` package (`make deps` does)")
     settings = cluster.settings()
     topic = settings.topic(IN)
     cluster.create_topics(IN)

@@ -1,4 +1,4 @@
-"""ops/prometheus checked by promtool (Debian's ``prometheus`` package, installed by .ci/run):
+"""ops/prometheus checked by promtool (Debian's ``prometheus`` package, installed by ``make deps``):
 the scrape config, the alert rules, and the rule unit tests (each alert firing and not firing).
 A missing promtool fails these tests: CI must run them, not skip them."""
 
@@ -22,8 +22,7 @@ def promtool(*args: str) -> str:
     exe = shutil.which("promtool")
     if exe is None:
         pytest.fail(
-            "promtool not found on PATH: install Debian's `prometheus` package "
-            "(apt-get install prometheus; .ci/run does this)"
+            "promtool not found on PATH: install Debian's `prometheus` package (`make deps` installs it)"
         )
     result = subprocess.run([exe, *args], cwd=PROM, capture_output=True, text=True, timeout=120)
     output = result.stdout + result.stderr
