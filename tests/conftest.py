@@ -1,5 +1,7 @@
-"""Session fixtures: one real Kafka broker per session (ours, started by ops/kafka/kafka.sh
-unless one already answers) and one fake LLM server; every test gets its own topic prefix."""
+"""Session fixtures: one real Kafka broker per session and one fake LLM server; every test gets
+its own topic prefix. The broker comes from ``VIGIL_TEST_BROKER`` (tests/brokers.py): ``local``
+(default: ours, started by ops/kafka/kafka.sh unless one already answers), ``testcontainers``
+or ``external``."""
 
 from __future__ import annotations
 
@@ -13,22 +15,25 @@ from pathlib import Path
 import pytest
 
 from streams import kafka
+from tests.brokers import BrokerPlan, BrokerSelectionError, select_broker
 from tests.support import REPO, Cluster, start_fake_llm, wait_for
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-
-BOOTSTRAP = os.environ.get("VIGIL_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 
 
 def _broker_ready(bootstrap: str) -> bool:
     return asyncio.run(kafka.broker_ready(bootstrap))
 
 
-@pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
+def _wait_ready(bootstrap: str, what: str) -> None:
+    wait_for(lambda: _broker_ready(bootstrap), 60, f"the group coordinator of {what}", interval=0.5)
+
+
+def _local_broker(bootstrap: str) -> Iterator[str]:
+    """Reuse the broker at ``bootstrap`` if it answers, else start ours on its port (stopped after)."""
     started = False
-    if not _broker_ready(BOOTSTRAP):
-        port = BOOTSTRAP.rsplit(":", 1)[1]
+    if not _broker_ready(bootstrap):
+        port = bootstrap.rsplit(":", 1)[1]
         env = {**os.environ, "VIGIL_KAFKA_PORT": port}
         result = subprocess.run(
             [str(REPO / "ops/kafka/kafka.sh"), "up"], env=env, capture_output=True, text=True
@@ -36,10 +41,56 @@ def kafka_bootstrap() -> Iterator[str]:
         if result.returncode != 0:
             pytest.fail(f"could not start Kafka: {result.stderr[-2000:]}")
         started = True
-    wait_for(lambda: _broker_ready(BOOTSTRAP), 60, "the broker's group coordinator", interval=0.5)
-    yield BOOTSTRAP
-    if started:
-        subprocess.run([str(REPO / "ops/kafka/kafka.sh"), "down"], check=False)
+    try:
+        _wait_ready(bootstrap, f"the local broker at {bootstrap}")
+        yield bootstrap
+    finally:
+        if started:
+            subprocess.run([str(REPO / "ops/kafka/kafka.sh"), "down"], check=False)
+
+
+def _container_broker(image: str) -> Iterator[str]:
+    """A throwaway KRaft broker from testcontainers, configured like ops/kafka/kafka.sh's."""
+    from testcontainers.community.kafka import KafkaContainer  # lazy: only with Docker
+
+    container = (
+        KafkaContainer(image)
+        .with_kraft()
+        .with_env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false")
+        .with_env("KAFKA_NUM_PARTITIONS", "6")
+        .with_env("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1")
+        .with_env("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
+    )
+    container.start()
+    try:
+        bootstrap = container.get_bootstrap_server()
+        _wait_ready(bootstrap, f"the testcontainers broker ({image})")
+        yield bootstrap
+    finally:
+        container.stop()
+
+
+def _broker_plan() -> BrokerPlan:
+    try:
+        return select_broker(os.environ)
+    except BrokerSelectionError as exc:
+        message = str(exc)
+    pytest.fail(message, pytrace=False)  # outside the except: one line, no chained traceback
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    plan = _broker_plan()
+    if plan.kind == "testcontainers":
+        assert plan.image is not None
+        yield from _container_broker(plan.image)
+        return
+    assert plan.bootstrap is not None
+    if plan.kind == "external":  # never started or stopped here
+        _wait_ready(plan.bootstrap, f"the external broker at {plan.bootstrap}")
+        yield plan.bootstrap
+        return
+    yield from _local_broker(plan.bootstrap)
 
 
 @pytest.fixture(scope="session")

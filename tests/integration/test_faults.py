@@ -13,6 +13,7 @@ import time
 import pytest
 
 from streams.codec import EncodedRecord
+from tests.brokers import select_broker
 from tests.support import REPO, Cluster, wait_for
 
 from .chat import message, raw
@@ -116,6 +117,8 @@ def test_rebalances_while_load_is_running(cluster: Cluster, guarantee: str) -> N
 
 
 def test_broker_restart_while_workers_run(cluster: Cluster) -> None:
+    if select_broker(os.environ).kind != "local":
+        pytest.skip("restarts the broker through ops/kafka/kafka.sh: only with VIGIL_TEST_BROKER=local")
     kafka_sh = str(REPO / "ops/kafka/kafka.sh")
     port = cluster.bootstrap.rsplit(":", 1)[1]
     kenv = {**os.environ, "VIGIL_KAFKA_PORT": port}
