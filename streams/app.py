@@ -40,4 +40,5 @@ def create_app(settings: Settings) -> VigilApp:
     app.drain_timeout = settings.drain_timeout
     app.vigil_fail_commits = settings.fail_commits
     app.vigil_fail_resumes = settings.fail_resumes
+    app.vigil_fail_changelog_fetches = settings.fail_changelog_fetches
     return app

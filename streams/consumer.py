@@ -294,9 +294,22 @@ class VigilConsumer(faust_aiokafka.Consumer):
                 await asyncio.sleep(min(timeout, 0.05))
                 return {}
         records = await super()._getmany(wanted, timeout)
+        if records and getattr(self.app, "vigil_fail_changelog_fetches", 0) > 0:
+            records = self._drop_changelog_fetch(records)
         if wanted is not None and records:
             await self._rewind_discarded(records)
         return records
+
+    def _drop_changelog_fetch(self, records: Mapping[TP, Any]) -> dict[TP, Any]:
+        """Failpoint: changelog records fetched and then lost before they reach recovery
+        (what the recovery watchdog exists for)."""
+        kept = dict(records)
+        dropped = [tp for tp in kept if self._is_changelog_tp(tp) and kept[tp]]
+        if dropped:
+            self.app.vigil_fail_changelog_fetches -= 1  # type: ignore[attr-defined]
+            for tp in dropped:
+                log.warning("failpoint: %d fetched records of %s are lost", len(kept.pop(tp)), tp)
+        return kept
 
     async def _rewind_discarded(self, records: Mapping[TP, Any]) -> None:
         live = self._get_active_partitions()
@@ -323,6 +336,8 @@ class VigilApp(faust.App):
     vigil_fail_commits: int = 0
     #: failpoint for tests: the next N post-rebalance resumes of stream partitions are lost
     vigil_fail_resumes: int = 0
+    #: failpoint for tests: the next N fetches holding changelog records lose them
+    vigil_fail_changelog_fetches: int = 0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

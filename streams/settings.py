@@ -63,6 +63,9 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Seconds a partition with records past its committed offset may not move"
     )
     fail_commits: int = Field(0, ge=0, description="Testing failpoint: the first N offset commits fail")
+    fail_changelog_fetches: int = Field(
+        0, ge=0, description="Testing failpoint: the first N fetches of changelog records lose them"
+    )
     fail_resumes: int = Field(
         0,
         ge=0,

@@ -237,7 +237,7 @@ def run_worker(settings: Settings, runtime: Runtime, agent_names: Sequence[str] 
     if settings.processing_guarantee == "exactly_once":
         transactions.prepare_local_state(app.conf.tabledir)
     obs = observability.install(app, settings, specs)
-    recovery.install(app)
+    recovery.install(app, stall_after=settings.stall_timeout, interval=min(5.0, settings.stall_timeout / 3))
     guard = recovery.install_guard(app, stall_after=settings.stall_timeout)
     obs.readiness.checks.append(guard.stalled_reason)
     app.downstream_lag_reader = obs.lag.downstream_lag

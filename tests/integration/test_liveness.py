@@ -58,8 +58,9 @@ def test_guard_resumes_partitions_whose_resume_was_lost_on_takeover(cluster: Clu
 
     port = free_port()
     w2 = cluster.start_worker("w2", args=PROBE, VIGIL_FAIL_RESUMES="1", VIGIL_METRICS_PORT=str(port), **GUARD)
+    cluster.produce(IN, rounds(convs, 5, 7))  # these cross the rebalance: seek, clear, resume
     wait_for(lambda: "is lost" in w2.log(), 90, "w2's first post-rebalance resume to be lost", interval=0.3)
-    cluster.produce(IN, rounds(convs, 5, 10))
+    cluster.produce(IN, rounds(convs, 7, 10))
     wait_replied(cluster, 300, [w1, w2], timeout=120)
 
     log = w2.log()
@@ -96,3 +97,23 @@ def test_without_the_guard_the_lost_resume_stalls_the_partitions(cluster: Cluste
     with pytest.raises(AssertionError, match="timed out"):
         wait_for(lambda: cluster.read(OUT), 10, "any reply", interval=0.5)
     assert w1.alive()
+
+
+def test_watchdog_reseeks_a_changelog_partition_whose_fetched_records_were_lost(cluster: Cluster) -> None:
+    """Faust's table recovery on a takeover, with the first fetch of changelog records lost
+    after aiokafka consumed them (``VIGIL_FAIL_CHANGELOG_FETCHES=1``): recovery would wait for
+    them forever. The recovery watchdog seeks the partition again; the restored state is
+    complete, so every subject's sequence continues where w1 left it."""
+    convs = conversations([f"r{i}" for i in range(30)], 10)
+    cluster.create_topics(IN)
+    w1 = cluster.start_worker("w1", args=PROBE, **GUARD)
+    cluster.produce(IN, rounds(convs, 0, 5))
+    wait_replied(cluster, 150, [w1])
+    w2 = cluster.start_worker("w2", args=PROBE, VIGIL_FAIL_CHANGELOG_FETCHES="1", **GUARD)
+    wait_for(lambda: "failpoint: " in w2.log(), 90, "w2 to lose a changelog fetch", interval=0.3)
+    cluster.produce(IN, rounds(convs, 5, 10))
+    wait_replied(cluster, 300, [w1, w2], timeout=120)
+    log = w2.log()
+    assert re.search(r"recovery of \S+ stalled at offset", log), log[-4000:]
+    assert handled_by(cluster, w2.pid) > 0, "w2 never finished its recovery"
+    assert_exact_sequences(cluster, ids_of(convs))
