@@ -114,6 +114,6 @@ def test_watchdog_reseeks_a_changelog_partition_whose_fetched_records_were_lost(
     cluster.produce(IN, rounds(convs, 5, 10))
     wait_replied(cluster, 300, [w1, w2], timeout=120)
     log = w2.log()
-    assert re.search(r"recovery of \S+ stalled at offset", log), log[-4000:]
+    assert re.search(r"recovery of .+ stalled at offset", log), log[-4000:]
     assert handled_by(cluster, w2.pid) > 0, "w2 never finished its recovery"
     assert_exact_sequences(cluster, ids_of(convs))
