@@ -35,10 +35,10 @@ test-unit: deps venv ## Unit tests only (no broker)
 test-kafka: deps venv ## Integration tests on the real broker only
 	$(BIN)/pytest -m kafka
 
-lint: venv ## ruff on everything, mypy (strict) on schemas/ and streams/
+lint: venv ## ruff on everything, mypy (strict) on schemas/, streams/ and agents/
 	$(BIN)/ruff check schemas streams agents tests ops
 	$(BIN)/ruff format --check schemas streams agents tests ops
-	$(BIN)/mypy schemas streams
+	$(BIN)/mypy schemas streams agents
 
 bench: deps venv ## Benchmarks on the local broker: one JSON of ratios (BENCH_ARGS=--small: quick mode)
 	$(BIN)/python -m ops.bench $(BENCH_ARGS)
