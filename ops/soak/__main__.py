@@ -1,0 +1,3 @@
+from ops.soak.run import main
+
+raise SystemExit(main())
