@@ -1,9 +1,11 @@
-"""One record through one agent: decode -> validate/upcast -> dedup -> park check ->
-handler (retried per the agent's policy) -> emit -> state.
+"""One record through one agent: dead-lettered before? -> decode -> validate/upcast -> dedup ->
+park check -> handler (retried per the agent's policy) -> emit -> state.
 
 Every outcome is durable before ``handle`` returns: emitted events and dead letters are
 acknowledged by the broker, the state write is queued to the changelog (flushed before the
-offset commit). Nothing here raises for a bad record or a failing handler; broker trouble is
+offset commit); a dead letter is written with its mark in the input partition's window
+(``streams.dlq_dedup``), so a redelivered record that was dead-lettered is skipped, not
+dead-lettered again. Nothing here raises for a bad record or a failing handler; broker trouble is
 retried until it clears or the task is cancelled, so a record is never acked unhandled.
 """
 
@@ -24,6 +26,7 @@ from .agent import AgentSpec
 from .backpressure import Blocked
 from .context import Context
 from .dlq import CONTROL_RELEASE, H_AGENT, H_CONTROL, REASON_PARKED, dead_letter, reason_of
+from .dlq_dedup import DeadLetterMarks
 from .effects import AtLeastOnceEffects, Effects, Output, Publisher, StateWrite
 from .records import ConsumedRecord
 from .settings import Settings
@@ -54,15 +57,19 @@ class Dispatcher:
         publisher: Publisher,
         resources: Mapping[str, Any],
         effects: Effects | None = None,
+        marks: DeadLetterMarks | None = None,
     ) -> None:
         self.spec = spec
         self.settings = settings
         self.store = store
-        self.effects = effects or AtLeastOnceEffects(spec.name, publisher, store)
+        self.marks = marks if marks is not None else DeadLetterMarks()
+        self.effects = effects or AtLeastOnceEffects(spec.name, publisher, store, self.marks)
         self.resources = resources
         self.dlq_topic = settings.topic(spec.dlq_topic)
 
     async def handle(self, record: ConsumedRecord) -> Outcome:
+        if self.marks.seen(record):
+            return await self._dead_lettered_before(record)
         control = codec.header(record.headers, H_CONTROL)
         if control is not None:
             return await self._control(record, control)
@@ -177,6 +184,33 @@ class Dispatcher:
             log.info("agent %s: subject %r released", self.spec.name, subject)
         return "control"
 
+    async def _dead_lettered_before(self, record: ConsumedRecord) -> Outcome:
+        """A redelivery (after a crash or a rebalance) of a record whose dead letter is already
+        written: nothing runs again. Under ``park``, the subject is parked as it was right after
+        that dead letter (at-least-once writes the state and the mark one after the other)."""
+        log.info(
+            "agent %s: %s:%d@%d was dead-lettered before; skipped",
+            self.spec.name,
+            record.topic,
+            record.partition,
+            record.offset,
+        )
+        type_ = "unknown"
+        if self.spec.on_dead_letter == "park":
+            try:
+                event = self._decode(record)
+                entity = self.store.load(event.subject)
+            except VigilError:
+                pass  # dead-lettered as poison: there is no subject to park
+            else:
+                type_ = event.type
+                if not entity.parked:
+                    entity.parked = True
+                    park = StateWrite(event.subject, self.store.encode(entity, None))
+                    await self.effects.apply(record, [], park)
+        metrics.EVENTS.labels(self.spec.name, type_, "duplicate").inc()
+        return "duplicate"
+
     def _decode(self, record: ConsumedRecord) -> Envelope[Payload]:
         raw = codec.decode(record.value)
         if record.key != raw.subject.encode():
@@ -201,6 +235,6 @@ class Dispatcher:
     ) -> None:
         reason = reason_of(exc)
         letter = dead_letter(record, exc, agent=self.spec.name, attempts=attempts)
-        await self.effects.apply(record, [Output(self.dlq_topic, letter)], state)
+        await self.effects.apply(record, [Output(self.dlq_topic, letter)], state, mark=True)
         metrics.DLQ_RECORDS.labels(self.spec.name, reason).inc()
         metrics.EVENTS.labels(self.spec.name, type_, "dlq").inc()

@@ -23,7 +23,7 @@ import faust
 import faust.streams as faust_streams
 from faust.types import EventT, StreamT
 
-from . import kafka, metrics, observability, recovery, topics, transactions
+from . import dlq_dedup, kafka, metrics, observability, recovery, topics, transactions
 from .agent import AgentSpec, Runtime
 from .app import create_app
 from .backpressure import PAUSE_REASONS, AgentGates, Gate, GateProvider, HysteresisGate
@@ -99,10 +99,18 @@ def bind_agent(
         options={"driver": "rocksdict"},
     )
     store = StateStore(table, spec.state, settings.dedup_ids_per_entity)
+    marks_table = app.Table(
+        dlq_dedup.table_name(spec.name),
+        partitions=settings.partitions,
+        key_type=str,
+        value_type=bytes,  # faust stores bytes values raw
+        options={"driver": "rocksdict"},
+    )
     effects = None
     if settings.processing_guarantee == "exactly_once":
-        effects = TransactionalEffects(lambda: app.vigil_consumer.vigil_transactions, table)
-    dispatcher = Dispatcher(spec, settings, store, FaustPublisher(app), resources, effects)
+        effects = TransactionalEffects(lambda: app.vigil_consumer.vigil_transactions, table, marks_table)
+    marks = dlq_dedup.DeadLetterMarks(marks_table)
+    dispatcher = Dispatcher(spec, settings, store, FaustPublisher(app), resources, effects, marks)
 
     def hold() -> None:
         log.info("agent %s: %d records buffered, pausing %s", spec.name, scheduler.buffered, topic_name)
