@@ -2,7 +2,11 @@
 truncate a DLQ, release a parked subject.
 
 DLQ records are read without joining a consumer group, so inspecting a DLQ never moves
-anyone's offsets. Everything is validated before the first record is sent: a command either
+anyone's offsets, and read_committed: a dead letter of an aborted transaction (exactly_once
+mode) never happened. Each origin record is shown, replayed and counted once: at-least-once
+can write a dead letter twice when a worker dies between the DLQ's ack and the changelog
+write of its dedup mark (``streams.dlq_dedup``), so entries of one DLQ with the same origin
+topic, partition and offset collapse into the first. Everything is validated before the first record is sent: a command either
 sends all it announced or nothing (short of the broker failing midway).
 """
 
@@ -35,6 +39,7 @@ from .dlq import (
     VIGIL_HEADERS,
     control_record,
 )
+from .dlq_dedup import origin_key
 from .errors import BrokerUnavailableError, ConfigError, TopicNotFoundError
 from .records import ConsumedRecord
 from .settings import Settings
@@ -184,13 +189,38 @@ async def dlq_topics(settings: Settings, agent: str | None = None) -> list[str]:
     return [name]
 
 
+def origin_of(rec: ConsumedRecord) -> tuple[str, str, int, int] | None:
+    return origin_key(
+        rec.topic,
+        header_text(rec, H_ORIGIN_TOPIC),
+        _int(header_text(rec, H_ORIGIN_PARTITION)),
+        _int(header_text(rec, H_ORIGIN_OFFSET)),
+    )
+
+
+def once_per_origin(records: Sequence[ConsumedRecord]) -> list[ConsumedRecord]:
+    """The first of the records (in the given order) of each origin record of each DLQ;
+    records without origin headers are all kept."""
+    seen: set[tuple[str, str, int, int]] = set()
+    kept = []
+    for rec in records:
+        origin = origin_of(rec)
+        if origin is not None:
+            if origin in seen:
+                continue
+            seen.add(origin)
+        kept.append(rec)
+    return kept
+
+
 async def find(settings: Settings, flt: DlqFilter) -> list[ConsumedRecord]:
-    """Matching records up to the DLQs' current end, in DLQ order (topic, partition, offset)."""
+    """Matching committed records up to the DLQs' current end, in DLQ order (topic, partition,
+    offset), one per origin record."""
     names = await dlq_topics(settings, flt.agent)
     if not names:
         return []
-    found = [r async for r in kafka.read_topics(settings, names) if flt.matches(r)]
-    return sorted(found, key=lambda r: (r.topic, r.partition, r.offset))
+    found = [r async for r in kafka.read_topics(settings, names, committed_only=True) if flt.matches(r)]
+    return once_per_origin(sorted(found, key=lambda r: (r.topic, r.partition, r.offset)))
 
 
 # -- replay -----------------------------------------------------------------------------------
