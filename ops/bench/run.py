@@ -496,7 +496,7 @@ class Bench:
         [changelog] = [
             t
             for t in await topics.list_topics(self.bootstrap)
-            if t.startswith(p) and t.endswith("-changelog")
+            if t.startswith(p) and t.endswith("-state-changelog")
         ]
         records, raw_seconds = await raw.read_changelog(self.bootstrap, changelog)
         say(f"(iv) raw read of {changelog}: {records} records in {raw_seconds:.2f}s; cold restart")
