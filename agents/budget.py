@@ -17,8 +17,8 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from streams.backpressure import Blocked
-from streams.metrics import BUDGET_REJECTIONS
+from streams.core.backpressure import Blocked
+from streams.observability.metrics import BUDGET_REJECTIONS
 
 _MARGIN = 0.001  # seconds
 

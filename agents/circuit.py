@@ -7,7 +7,7 @@ may run: its success closes the circuit, its failure opens it again.
 Hand-written (about 100 lines) because the maintained libraries do not fit: pybreaker is
 thread-based and lets every caller through while half-open; purgatory and aiobreaker move to
 half-open lazily on the next call, let concurrent calls through as probes, and offer nothing to
-await. The runtime needs an awaitable "may proceed again" (``streams.backpressure.Gate``) and
+await. The runtime needs an awaitable "may proceed again" (``streams.core.backpressure.Gate``) and
 a single probe so a still-broken provider sees one request per ``reset_timeout``, not a burst.
 """
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 from enum import IntEnum
 
-from streams.backpressure import Blocked
-from streams.metrics import CIRCUIT_STATE
+from streams.core.backpressure import Blocked
+from streams.observability.metrics import CIRCUIT_STATE
 
 
 class CircuitState(IntEnum):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 import agents  # noqa: F401 - declares the agents and the llm resource
-from streams.cli import cli, configure_logging
+from streams.cli.commands import cli, configure_logging
 
 from .fake_llm import Faults, serve
 

@@ -8,7 +8,7 @@ order once the main model's retries are spent, and rpm/tpm limits per deployment
 
 Handlers see ``ctx.llm``, a ``BoundLLM`` (``LLMClient.bind(agent, subject)``), so a call knows
 whose circuit and budgets it uses. A call that must wait (open circuit, spent budget, local rpm
-or tpm limit) raises ``streams.backpressure.Blocked`` without reaching the provider.
+or tpm limit) raises ``streams.core.backpressure.Blocked`` without reaching the provider.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas import VigilError
-from streams.backpressure import Blocked, Gate
-from streams.metrics import LLM_COST, LLM_REQUESTS, LLM_SECONDS, LLM_TOKENS
-from streams.settings import Settings
+from streams.core.backpressure import Blocked, Gate
+from streams.core.settings import Settings
+from streams.observability.metrics import LLM_COST, LLM_REQUESTS, LLM_SECONDS, LLM_TOKENS
 
 from .budget import TokenBudget
 from .circuit import CircuitBreaker
@@ -145,7 +145,7 @@ class LLMClient:
         return budget
 
     def gates_for(self, agent: str) -> list[Gate]:
-        """``streams.backpressure.GateProvider``: the agent's circuit and agent-wide budget."""
+        """``streams.core.backpressure.GateProvider``: the agent's circuit and agent-wide budget."""
         return [self.circuit(agent), self.budget(agent)]
 
     def bind(self, agent: str, subject: str | None = None) -> BoundLLM:

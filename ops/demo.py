@@ -29,7 +29,8 @@ LLM_PORT = int(os.environ.get("VIGIL_DEMO_LLM_PORT", "8089"))
 os.environ.setdefault("VIGIL_LLM_API_BASE", f"http://127.0.0.1:{LLM_PORT}/v1")
 
 from schemas import RawEnvelope  # noqa: E402
-from streams import Settings, codec, kafka  # noqa: E402
+from streams import Settings, kafka  # noqa: E402
+from streams.core import codec  # noqa: E402
 
 VIGIL = str(Path(sys.executable).with_name("vigil"))
 

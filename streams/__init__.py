@@ -1,7 +1,7 @@
 """The runtime: settings, codec, topic catalogue, agent decorator, dispatcher, worker, CLI."""
 
-from .agent import AgentSpec, Runtime, runtime
-from .context import Context
-from .settings import Settings
+from streams.core.agent import AgentSpec, Runtime, runtime
+from streams.core.context import Context
+from streams.core.settings import Settings
 
 __all__ = ["AgentSpec", "Context", "Runtime", "Settings", "runtime"]

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from streams import kafka
-from streams.records import ConsumedRecord
-from streams.settings import Settings
+from streams.core.records import ConsumedRecord
+from streams.core.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 VIGIL = [str(Path(sys.executable).with_name("vigil"))]

@@ -32,7 +32,7 @@ async def _clients(api_base: str, session: aiohttp.ClientSession) -> dict[str, C
     from litellm import Router  # type: ignore[attr-defined]
 
     from agents.llm import LLMClient
-    from streams.settings import Settings
+    from streams.core.settings import Settings
 
     settings = Settings(llm_model=MODEL, llm_api_base=api_base, llm_api_key=API_KEY, _env_file=None)
     client = LLMClient(settings)

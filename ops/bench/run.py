@@ -49,8 +49,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from ops.bench import llm, raw, topics
 from ops.bench.topics import Offsets, Record
 from schemas import RawEnvelope
-from streams import codec
-from streams.codec import EncodedRecord
+from streams.core import codec
+from streams.core.codec import EncodedRecord
 
 REPO = Path(__file__).resolve().parents[2]
 PARTITIONS = 6

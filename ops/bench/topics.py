@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from streams.codec import EncodedRecord
+from streams.core.codec import EncodedRecord
 
 Offsets: TypeAlias = dict[int, int]
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
@@ -58,7 +58,7 @@ def _consumer(bootstrap: str, **kwargs: object) -> AIOKafkaConsumer:
 async def partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
     parts = consumer.partitions_for_topic(topic)
     if not parts:
-        await consumer._client.force_metadata_update()
+        await consumer._client.force_metadata_update()  # noqa: SLF001
         parts = consumer.partitions_for_topic(topic)
     return [TopicPartition(topic, p) for p in sorted(parts or ())]
 

@@ -20,7 +20,7 @@ from typing import Any
 from aiokafka.errors import KafkaError
 
 from streams import kafka
-from streams.errors import BrokerUnavailableError
+from streams.core.errors import BrokerUnavailableError
 from tests.integration.guarantees import IN, OUT, PROBE, conversations, ids_of, rounds, timing
 from tests.support import Cluster, Proc, wait_for
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from schemas import ChatMessageReceivedV2, ChatReplyRequestedV1, Envelope
 from streams import Context, runtime
-from streams.retry import Retry
+from streams.core.retry import Retry
 
 
 def _env(name: str, default: str) -> str:

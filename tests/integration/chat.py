@@ -6,8 +6,8 @@ import uuid
 from typing import Any
 
 from schemas import RawEnvelope
-from streams import codec
-from streams.codec import EncodedRecord
+from streams.core import codec
+from streams.core.codec import EncodedRecord
 
 IN = "chat.messages.v1"
 OUT = "chat.replies.v1"

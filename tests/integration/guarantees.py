@@ -7,7 +7,7 @@ import json
 from collections import defaultdict
 from typing import Any
 
-from streams.codec import EncodedRecord
+from streams.core.codec import EncodedRecord
 from tests.support import Cluster, Proc, wait_for
 
 from .chat import message

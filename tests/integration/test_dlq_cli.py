@@ -1,5 +1,5 @@
 """``vigil dlq`` against the real broker: DLQ records written as the worker writes them
-(``streams.dlq.dead_letter`` on records read back from the origin topic), then listed, shown,
+(``streams.core.dlq.dead_letter`` on records read back from the origin topic), then listed, shown,
 replayed, purged and released through the CLI; assertions read the topics back."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from click.testing import CliRunner, Result
 from agents.cli import cli
 from schemas import InvalidPayloadError, VigilError
 from streams import kafka
-from streams.dlq import H_AGENT, H_CONTROL, H_REPLAY, REASON_PARKED, VIGIL_HEADERS, dead_letter
-from streams.errors import UndecodableError
-from streams.records import ConsumedRecord
+from streams.core.dlq import H_AGENT, H_CONTROL, H_REPLAY, REASON_PARKED, VIGIL_HEADERS, dead_letter
+from streams.core.errors import UndecodableError
+from streams.core.records import ConsumedRecord
 from tests.support import Cluster, partition_of
 
 from .chat import IN, message, raw

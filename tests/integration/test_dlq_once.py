@@ -7,7 +7,7 @@ so no offset commit can pass the poison records behind it: their dead letters ar
 (in exactly_once mode: committed in their partition's transaction) while their offsets stay
 uncommitted. The worker is SIGKILLed; its restart redelivers everything, then a second worker
 joins and re-reads the partitions it takes over from the same offsets. Each redelivered poison
-record must find its mark (``streams.dlq_dedup``) and add no second dead letter, as seen by a
+record must find its mark (``streams.core.dlq_dedup``) and add no second dead letter, as seen by a
 (read_committed in exactly_once mode) DLQ reader and by ``vigil dlq ls``."""
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from agents.cli import cli
-from streams.dlq_dedup import DeadLetterWindow, table_name
-from streams.records import ConsumedRecord
+from streams.core.dlq_dedup import DeadLetterWindow, table_name
+from streams.core.records import ConsumedRecord
 from tests.support import Cluster, Proc, keys_on_partition, wait_for
 
 from .chat import message, raw

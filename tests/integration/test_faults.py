@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from streams.codec import EncodedRecord
+from streams.core.codec import EncodedRecord
 from tests.brokers import select_broker
 from tests.support import REPO, Cluster, wait_for
 

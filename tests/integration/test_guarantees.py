@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.dlq import CONTROL_RELEASE, control_record
+from streams.core.dlq import CONTROL_RELEASE, control_record
 from tests.support import Cluster, committed_offsets, end_offsets, keys_on_partition, wait_for
 
 from .chat import message

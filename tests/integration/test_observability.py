@@ -19,8 +19,8 @@ import yaml
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.lag import LagMonitor
-from streams.settings import Settings
+from streams.core.settings import Settings
+from streams.observability.lag import LagMonitor
 from tests.support import (
     REPO,
     Cluster,

@@ -10,7 +10,7 @@ import pytest
 
 from agents.fake_llm import completion
 from agents.support import SYSTEM_PROMPT
-from streams.context import derived_id
+from streams.core.context import derived_id
 from tests.support import Cluster, wait_for
 
 from .chat import DLQ, IN, OUT, message, raw

@@ -10,8 +10,8 @@ import uuid
 import pytest
 
 from agents.budget import TokenBudget
-from streams.backpressure import Blocked, Gate
-from streams.metrics import REGISTRY
+from streams.core.backpressure import Blocked, Gate
+from streams.observability.metrics import REGISTRY
 
 
 class Clock:

@@ -9,8 +9,8 @@ import uuid
 import pytest
 
 from agents.circuit import CircuitBreaker, CircuitState
-from streams.backpressure import Blocked, Gate
-from streams.metrics import REGISTRY
+from streams.core.backpressure import Blocked, Gate
+from streams.observability.metrics import REGISTRY
 
 RESET = 0.2
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from streams import Settings
-from streams.settings import Settings as S
+from streams.core.settings import Settings as S
 
 VIGIL = str(Path(sys.executable).with_name("vigil"))
 

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from schemas import ChatReplyRequestedV1, Envelope, InvalidEnvelopeError, RawEnvelope
-from streams import codec
-from streams.errors import UndecodableError
+from streams.core import codec
+from streams.core.errors import UndecodableError
 
 
 def test_roundtrip_structured_json_key_and_headers() -> None:

@@ -226,7 +226,7 @@ def test_cli_commands_the_services_run_exist() -> None:
     """fake-llm's flags and the worker command are the real CLI's; a service whose command is
     not built yet must sit behind a profile so `docker compose up` does not start it."""
     import agents.cli  # noqa: F401 - adds the agent layer's commands (fake-llm) to the group
-    from streams.cli import cli
+    from streams.cli.commands import cli
 
     services = yaml.safe_load(COMPOSE.read_text())["services"]
     for name, service in services.items():

@@ -10,11 +10,12 @@ import pytest
 from pydantic import BaseModel
 
 from schemas import ChatMessageReceivedV2, ChatReplyRequestedV1, Envelope, RawEnvelope
-from streams import Context, Runtime, Settings, codec
-from streams.context import derived_id
-from streams.dispatcher import Dispatcher
-from streams.records import ConsumedRecord
-from streams.state import StateStore
+from streams import Context, Runtime, Settings
+from streams.core import codec
+from streams.core.context import derived_id
+from streams.core.dispatcher import Dispatcher
+from streams.core.records import ConsumedRecord
+from streams.core.state import StateStore
 
 
 class Counter(BaseModel):

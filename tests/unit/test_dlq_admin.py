@@ -11,12 +11,12 @@ from click.testing import CliRunner, Result
 
 from agents.cli import cli
 from schemas import InvalidPayloadError
-from streams import dlq_admin
-from streams.dlq import H_ORIGIN_TOPIC, H_REPLAY, VIGIL_HEADERS, dead_letter
-from streams.dlq_admin import DlqFilter
-from streams.errors import ConfigError, UndecodableError
-from streams.records import ConsumedRecord
-from streams.settings import Settings
+from streams.core.dlq import H_ORIGIN_TOPIC, H_REPLAY, VIGIL_HEADERS, dead_letter
+from streams.core.errors import ConfigError, UndecodableError
+from streams.core.records import ConsumedRecord
+from streams.core.settings import Settings
+from streams.kafka import dlq_admin
+from streams.kafka.dlq_admin import DlqFilter
 
 ORIGIN = "p.chat.messages.v1"
 DLQ = "p.dlq.support"

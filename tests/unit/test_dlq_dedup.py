@@ -11,14 +11,15 @@ from typing import Any
 import pytest
 
 from schemas import ChatMessageReceivedV2, ChatReplyRequestedV1, Envelope
-from streams import Context, Runtime, Settings, metrics
-from streams.codec import EncodedRecord
-from streams.dispatcher import Dispatcher
-from streams.dlq import dead_letter
-from streams.dlq_admin import once_per_origin
-from streams.dlq_dedup import MAX_MARKS, TAG, DeadLetterMarks, DeadLetterWindow, window_key
-from streams.records import ConsumedRecord
-from streams.state import StateStore
+from streams import Context, Runtime, Settings
+from streams.core.codec import EncodedRecord
+from streams.core.dispatcher import Dispatcher
+from streams.core.dlq import dead_letter
+from streams.core.dlq_dedup import MAX_MARKS, TAG, DeadLetterMarks, DeadLetterWindow, window_key
+from streams.core.records import ConsumedRecord
+from streams.core.state import StateStore
+from streams.kafka.dlq_admin import once_per_origin
+from streams.observability import metrics
 
 from .test_dispatcher import Counter, MemoryPublisher, record, reply
 

@@ -1,5 +1,5 @@
 """The provisioned Grafana dashboard: well-formed panels on the provisioned datasource, and every
-query naming only series a worker really exports (streams/metrics.py), so a renamed metric
+query naming only series a worker really exports (streams/observability/metrics.py), so a renamed metric
 fails here instead of drawing an empty panel."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from streams import metrics
+from streams.observability import metrics
 from tests.promql import exported_series, metric_names, selectors, variable_query_expr
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,7 +156,7 @@ def test_template_variables_agent_and_group_are_defined_and_used(
 
 
 def test_circuit_state_panel_maps_the_catalogue_values(dashboard: Dashboard) -> None:
-    """The value mappings say what streams/metrics.py documents (0 closed, 1 half-open, 2 open)."""
+    """The value mappings say what streams/observability/metrics.py documents (0 closed, 1 half-open, 2 open)."""
     (family,) = [f for f in metrics.REGISTRY.collect() if f.name == "vigil_llm_circuit_state"]
     documented = dict(re.findall(r"(\d+) ([a-z-]+)", family.documentation))
     assert set(documented.values()) == {"closed", "half-open", "open"}

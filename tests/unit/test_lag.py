@@ -3,8 +3,8 @@ real broker are checked in tests/integration/test_observability.py)."""
 
 from __future__ import annotations
 
-from streams import metrics
-from streams.lag import LagMonitor, partition_lag
+from streams.observability import metrics
+from streams.observability.lag import LagMonitor, partition_lag
 from tests.support import free_port
 
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from streams.liveness import PartitionView, StallDetector
+from streams.core.liveness import PartitionView, StallDetector
 
 VIEW = PartitionView(
     agent="probe",

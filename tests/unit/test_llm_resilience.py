@@ -18,8 +18,8 @@ from agents.circuit import CircuitState
 from agents.fake_llm import FakeLLM, completion
 from agents.llm import UNBOUND, LLMClient, LLMError, router_config
 from streams import Settings
-from streams.backpressure import Blocked
-from streams.metrics import REGISTRY
+from streams.core.backpressure import Blocked
+from streams.observability.metrics import REGISTRY
 from tests.support import start_fake_llm, wait_for
 
 MSG = [{"role": "user", "content": "where is my order?"}]

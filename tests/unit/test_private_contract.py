@@ -91,7 +91,7 @@ class Private(NamedTuple):
 
 # fmt: off
 INVENTORY: tuple[Private, ...] = (
-    # -- faust Consumer: Vigil owns the committed offsets (streams.consumer) ----------------------------------
+    # -- faust Consumer: Vigil owns the committed offsets (streams.adapter.consumer) ----------------------------------
     Private("_new_consumer_thread", CONSUMER, OVERRIDE, "()", "VigilConsumer", "builds VigilConsumerThread (commit errors, exactly-once highwaters)", (f"{FTC}.__init__",)),
     Private("_filter_tps_with_pending_acks", CONSUMER, OVERRIDE, "(topics)", "VigilConsumer", "the partitions to commit come from Vigil's offset trackers, not Faust's acks", (f"{FC}.force_commit",)),
     Private("_new_offset", CONSUMER, OVERRIDE, "(tp)", "VigilConsumer", "committable offset = lowest unfinished record, never past a slow head (faust #606)", (f"{FC}._filter_committable_offsets",)),
@@ -124,7 +124,7 @@ INVENTORY: tuple[Private, ...] = (
     Private("_consumer", APP, ATTR, "Consumer", "", "the consumer if built: read by the paused-partition metrics and the clean-stop check without building one", (f"{FAPP}.consumer",)),
     Private("_schedule_shutdown", WORKER, OVERRIDE, "(signal)", "VigilWorker", "a second SIGTERM/SIGINT exits at once", (f"{MW}._on_sigterm", f"{MW}._on_sigint")),
     Private("_signal_stop_time", WORKER, ATTR, "NoneType", "", "class default None, set by the first signal: tells the second one apart", (f"{MW}._schedule_shutdown",)),
-    # -- faust TransactionManager: Vigil's per-partition transactions (streams.transactions) ------------------
+    # -- faust TransactionManager: Vigil's per-partition transactions (streams.adapter.transactions) ------------------
     Private("__init__", TXNS, OVERRIDE, "(transport, consumer, producer, **kwargs)", "VigilTransactions", "VigilConsumer builds VigilTransactions as Faust's Consumer.__init__ builds its manager"),
     Private("commit", TXNS, OVERRIDE, "async (offsets, start_new_transaction)", "VigilTransactions", "(public) commits whole records per input partition, never swallows errors", (f"{FC}._commit_offsets",)),
     Private("on_rebalance", TXNS, OVERRIDE, "async (assigned, revoked, newly_assigned)", "VigilTransactions", "(public) opens/closes one transactional producer per input partition", (f"{FAPP}._on_partitions_assigned",)),
@@ -132,12 +132,12 @@ INVENTORY: tuple[Private, ...] = (
     Private("send", TXNS, OVERRIDE, "async (topic, key, value, partition, timestamp, headers, transactional_id)", "VigilTransactions", "(public) refuses writes that bypass TransactionalEffects"),
     Private("_settings_default", PRODUCER, CALL, "()", "", "the app's producer settings, reused by each transactional producer"),
     Private("_settings_auth", PRODUCER, CALL, "()", "", "the app's producer credentials, reused by each transactional producer"),
-    # -- faust table store and current event (exactly-once writes, streams.effects / streams.worker) --------
+    # -- faust table store and current event (exactly-once writes, streams.core.effects / streams.adapter.worker) --------
     Private("_encode_key", STORE, CALL, "(key)", "", "the changelog key, encoded as Faust's table[key] = value would"),
     Private("_encode_value", STORE, CALL, "(value)", "", "the changelog value, encoded as Faust's table[key] = value would"),
     Private("_set", STORE, CALL, "(key, value)", "", "the local RocksDB write after the broker took the changelog record (partition from the current event)"),
     Private("_current_event", "faust.streams", MODULE, "ContextVar", "", "set per record in the scheduler's task, so table reads/writes find the record's partition"),
-    # -- faust table recovery (streams.recovery watchdog, streams.observability readiness) ------------------
+    # -- faust table recovery (streams.adapter.recovery watchdog, streams.adapter.observability readiness) ------------------
     Private("_recovery_started_at", RECOVERY, ATTR, "NoneType|float", "", "watchdog: start of the current recovery", (f"{FREC}._set_recovery_started",)),
     Private("_active_events_received_at", RECOVERY, ATTR, "dict", "", "watchdog: when each active changelog partition last got a record", (f"{FREC}.__init__",)),
     Private("active_offsets", RECOVERY, ATTR, "Counter", "", "(public, not in RecoveryT) watchdog: last applied offset per changelog partition", (f"{FREC}.__init__",)),
@@ -249,8 +249,8 @@ async def live(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     import litellm
     import prometheus_client
 
-    from streams.app import create_app
-    from streams.settings import Settings
+    from streams.adapter.app import create_app
+    from streams.core.settings import Settings
 
     app: Any = create_app(Settings(data_dir=tmp_path, _env_file=None))
     consumer = app.consumer
@@ -344,7 +344,7 @@ def test_attribute(row: Private, live: dict[str, Any]) -> None:
 
 # -- behaviour Vigil builds on, checked on real objects ---------------------------------------------------
 async def test_current_event_routes_the_exactly_once_store_write(live: dict[str, Any]) -> None:
-    """streams.worker sets ``_current_event`` per record; streams.effects writes the changelog
+    """streams.adapter.worker sets ``_current_event`` per record; streams.core.effects writes the changelog
     value with ``_encode_key``/``_encode_value``/``_set``: the write must land in the record's
     partition and read back through the table as a plain ``table[key] = value`` would."""
     import faust.streams as faust_streams
@@ -377,7 +377,7 @@ async def test_litellm_router_response_carries_model_and_cost(server: tuple[Any,
     from litellm.router import Router
 
     from agents.llm import router_config
-    from streams.settings import Settings
+    from streams.core.settings import Settings
 
     _, base = server
     settings = Settings(llm_model="openai/contract", llm_api_base=base, llm_num_retries=0, _env_file=None)
@@ -393,7 +393,7 @@ async def test_litellm_router_response_carries_model_and_cost(server: tuple[Any,
 
 
 def test_producer_settings_fit_a_plain_aiokafka_producer(live: dict[str, Any]) -> None:
-    """streams.transactions builds ``AIOKafkaProducer(**_settings_default(), **_settings_auth(), ...)``."""
+    """streams.adapter.transactions builds ``AIOKafkaProducer(**_settings_default(), **_settings_auth(), ...)``."""
     import aiokafka
 
     producer = live[PRODUCER]

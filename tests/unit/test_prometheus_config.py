@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from streams import metrics
+from streams.observability import metrics
 from tests.promql import exported_series, selectors
 from tests.support import REPO
 

@@ -8,8 +8,8 @@ import random
 import pytest
 from faust.types import TP
 
-from streams.offsets import OffsetTracker, PartitionProgress
-from streams.scheduler import KeyOrderedScheduler
+from streams.core.offsets import OffsetTracker, PartitionProgress
+from streams.core.scheduler import KeyOrderedScheduler
 
 P0 = TP("t", 0)
 P1 = TP("t", 1)

@@ -7,9 +7,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from schemas import VigilError
-
-from .codec import EncodedRecord, clip
-from .records import ConsumedRecord
+from streams.core.codec import EncodedRecord, clip
+from streams.core.records import ConsumedRecord
 
 H_REASON = "vigil_reason"
 H_ERROR_CLASS = "vigil_error_class"

@@ -14,10 +14,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient, CoordinationType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from .codec import EncodedRecord
-from .errors import BrokerUnavailableError
-from .records import ConsumedRecord
-from .settings import Settings
+from streams.core.codec import EncodedRecord
+from streams.core.errors import BrokerUnavailableError
+from streams.core.records import ConsumedRecord
+from streams.core.settings import Settings
 
 START_TIMEOUT = 15.0
 
@@ -121,7 +121,7 @@ async def read_topics(
         for t in topics:
             parts = consumer.partitions_for_topic(t)
             if parts is None:
-                await consumer._client.force_metadata_update()
+                await consumer._client.force_metadata_update()  # noqa: SLF001
                 parts = consumer.partitions_for_topic(t)
             tps.extend(TopicPartition(t, p) for p in sorted(parts or ()))
         if not tps:
@@ -160,7 +160,7 @@ async def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     async with _started(settings, consumer, consumer.start, consumer.stop):
         parts = consumer.partitions_for_topic(topic)
         if parts is None:
-            await consumer._client.force_metadata_update()
+            await consumer._client.force_metadata_update()  # noqa: SLF001
             parts = consumer.partitions_for_topic(topic)
         if not parts:
             return {}

@@ -20,11 +20,12 @@ import click
 from pydantic import ValidationError
 
 from schemas import RawEnvelope, VigilError, registry
-
-from . import codec, dlq_admin, kafka, topics
-from .agent import runtime
-from .records import ConsumedRecord
-from .settings import Settings
+from streams import kafka
+from streams.core import codec, topics
+from streams.core.agent import runtime
+from streams.core.records import ConsumedRecord
+from streams.core.settings import Settings
+from streams.kafka import dlq_admin
 
 T = TypeVar("T")
 
@@ -81,7 +82,7 @@ def worker(ctx: click.Context, agent_names: str | None, modules: tuple[str, ...]
     """Run a worker for the agents (joins the consumer group VIGIL_APP_ID)."""
     import importlib
 
-    from .worker import run_worker
+    from streams.adapter.worker import run_worker
 
     for module in modules:
         try:

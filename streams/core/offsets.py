@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 
-from faust.types import TP
+from streams.core.records import TP
 
 
 class PartitionProgress:

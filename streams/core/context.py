@@ -7,8 +7,7 @@ from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
 
 from schemas import Envelope, Payload, utcnow
-
-from .errors import ConfigError
+from streams.core.errors import ConfigError
 
 S = TypeVar("S")
 

@@ -3,7 +3,7 @@
     @runtime.agent(ChatMessageReceivedV2, state=SupportState, emits=[ChatReplyRequestedV1])
     async def support(event: Envelope[ChatMessageReceivedV2], ctx: Context[SupportState]) -> None: ...
 
-Declaring an agent only records an ``AgentSpec``; ``streams.worker`` binds specs to Kafka.
+Declaring an agent only records an ``AgentSpec``; ``streams.adapter.worker`` binds specs to Kafka.
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel
 
 from schemas import Envelope, Payload
-
-from . import topics
-from .context import Context
-from .errors import ConfigError
-from .retry import Retry
-from .settings import Settings
+from streams.core import topics
+from streams.core.context import Context
+from streams.core.errors import ConfigError
+from streams.core.retry import Retry
+from streams.core.settings import Settings
 
 Handler = Callable[[Envelope[Any], Context[Any]], Awaitable[None]]
 H = TypeVar("H", bound=Handler)

@@ -4,7 +4,7 @@ park check -> handler (retried per the agent's policy) -> emit -> state.
 Every outcome is durable before ``handle`` returns: emitted events and dead letters are
 acknowledged by the broker, the state write is queued to the changelog (flushed before the
 offset commit); a dead letter is written with its mark in the input partition's window
-(``streams.dlq_dedup``), so a redelivered record that was dead-lettered is skipped, not
+(``streams.core.dlq_dedup``), so a redelivered record that was dead-lettered is skipped, not
 dead-lettered again. Nothing here raises for a bad record or a failing handler; broker trouble is
 retried until it clears or the task is cancelled, so a record is never acked unhandled.
 """
@@ -20,17 +20,17 @@ from typing import Any, Literal
 from tenacity import RetryCallState
 
 from schemas import Envelope, InvalidEnvelopeError, Payload, VigilError, registry
-
-from . import codec, metrics, topics
-from .agent import AgentSpec
-from .backpressure import Blocked
-from .context import Context
-from .dlq import CONTROL_RELEASE, H_AGENT, H_CONTROL, REASON_PARKED, dead_letter, reason_of
-from .dlq_dedup import DeadLetterMarks
-from .effects import AtLeastOnceEffects, Effects, Output, Publisher, StateWrite
-from .records import ConsumedRecord
-from .settings import Settings
-from .state import EntityRecord, StateStore
+from streams.core import codec, topics
+from streams.core.agent import AgentSpec
+from streams.core.backpressure import Blocked
+from streams.core.context import Context
+from streams.core.dlq import CONTROL_RELEASE, H_AGENT, H_CONTROL, REASON_PARKED, dead_letter, reason_of
+from streams.core.dlq_dedup import DeadLetterMarks
+from streams.core.effects import AtLeastOnceEffects, Effects, Output, Publisher, StateWrite
+from streams.core.records import ConsumedRecord
+from streams.core.settings import Settings
+from streams.core.state import EntityRecord, StateStore
+from streams.observability import metrics
 
 log = logging.getLogger(__name__)
 

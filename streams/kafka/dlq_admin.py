@@ -5,7 +5,7 @@ DLQ records are read without joining a consumer group, so inspecting a DLQ never
 anyone's offsets, and read_committed: a dead letter of an aborted transaction (exactly_once
 mode) never happened. Each origin record is shown, replayed and counted once: at-least-once
 can write a dead letter twice when a worker dies between the DLQ's ack and the changelog
-write of its dedup mark (``streams.dlq_dedup``), so entries of one DLQ with the same origin
+write of its dedup mark (``streams.core.dlq_dedup``), so entries of one DLQ with the same origin
 topic, partition and offset collapse into the first. Everything is validated before the first record is sent: a command either
 sends all it announced or nothing (short of the broker failing midway).
 """
@@ -22,9 +22,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import RecordsToDelete
 from aiokafka.errors import KafkaError
 
-from . import kafka, topics
-from .codec import EncodedRecord, clip, header
-from .dlq import (
+from streams.core import topics
+from streams.core.codec import EncodedRecord, clip, header
+from streams.core.dlq import (
     CONTROL_RELEASE,
     H_AGENT,
     H_ATTEMPTS,
@@ -39,10 +39,11 @@ from .dlq import (
     VIGIL_HEADERS,
     control_record,
 )
-from .dlq_dedup import origin_key
-from .errors import BrokerUnavailableError, ConfigError, TopicNotFoundError
-from .records import ConsumedRecord
-from .settings import Settings
+from streams.core.dlq_dedup import origin_key
+from streams.core.errors import BrokerUnavailableError, ConfigError, TopicNotFoundError
+from streams.core.records import ConsumedRecord
+from streams.core.settings import Settings
+from streams.kafka import client as kafka
 
 #: headers a replay drops: the DLQ's own, and the mark of an earlier replay (a new one is set)
 DROPPED_ON_REPLAY = frozenset((*VIGIL_HEADERS, H_REPLAY))
@@ -302,10 +303,10 @@ class Truncation:
 async def _offset_ranges(settings: Settings, topic: str) -> dict[int, tuple[int, int]]:
     """(log start, end) per partition of ``topic``; ``kafka`` has no public helper for the start."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
-    async with kafka._started(settings, consumer, consumer.start, consumer.stop):
+    async with kafka._started(settings, consumer, consumer.start, consumer.stop):  # noqa: SLF001
         parts = consumer.partitions_for_topic(topic)
         if parts is None:  # as in ``kafka.end_offsets``: the first metadata may predate the topic
-            await consumer._client.force_metadata_update()
+            await consumer._client.force_metadata_update()  # noqa: SLF001
             parts = consumer.partitions_for_topic(topic)
         tps = [TopicPartition(topic, p) for p in sorted(parts or ())]
         starts = await consumer.beginning_offsets(tps)

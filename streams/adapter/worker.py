@@ -3,7 +3,7 @@
 Faust acks a record when an agent raises and when its task is cancelled (the ack sits in a
 ``finally`` around the ``yield`` of ``Stream.__aiter__``), so Vigil turns Faust's acks off for
 its streams. Each agent's stream only feeds a ``KeyOrderedScheduler``; a record counts as
-finished (and its offset becomes committable, see ``streams.consumer``) only after
+finished (and its offset becomes committable, see ``streams.adapter.consumer``) only after
 ``Dispatcher.handle`` made its outcome durable. Values are consumed as raw bytes so decoding errors stay inside Vigil's handling
 (Faust acks first and raises after on a value it cannot deserialize).
 """
@@ -23,20 +23,23 @@ import faust
 import faust.streams as faust_streams
 from faust.types import EventT, StreamT
 
-from . import dlq_dedup, kafka, metrics, observability, recovery, topics, transactions
-from .agent import AgentSpec, Runtime
-from .app import create_app
-from .backpressure import PAUSE_REASONS, AgentGates, Gate, GateProvider, HysteresisGate
-from .codec import EncodedRecord
-from .consumer import VigilApp, VigilConsumer
-from .dispatcher import Dispatcher
-from .effects import TransactionalEffects
-from .errors import ConfigError
-from .offsets import OffsetTracker
-from .records import ConsumedRecord
-from .scheduler import KeyOrderedScheduler
-from .settings import Settings
-from .state import StateStore
+from streams import kafka
+from streams.adapter import observability, recovery, transactions
+from streams.adapter.app import create_app
+from streams.adapter.consumer import VigilApp, VigilConsumer
+from streams.adapter.transactional_effects import TransactionalEffects
+from streams.core import dlq_dedup, topics
+from streams.core.agent import AgentSpec, Runtime
+from streams.core.backpressure import PAUSE_REASONS, AgentGates, Gate, GateProvider, HysteresisGate
+from streams.core.codec import EncodedRecord
+from streams.core.dispatcher import Dispatcher
+from streams.core.errors import ConfigError
+from streams.core.offsets import OffsetTracker
+from streams.core.records import ConsumedRecord
+from streams.core.scheduler import KeyOrderedScheduler
+from streams.core.settings import Settings
+from streams.core.state import StateStore
+from streams.observability import metrics
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +138,7 @@ def bind_agent(
     async def process(event: EventT[Any]) -> None:
         # Tables find the partition of a write through Faust's current event, which is
         # task-local and only set inside the stream's own iteration.
-        faust_streams._current_event.set(weakref.ref(event))
+        faust_streams._current_event.set(weakref.ref(event))  # noqa: SLF001
         event_age.observe(max(0.0, time.time() - event.message.timestamp))
         await dispatcher.handle(record_of(event))
         event.ack()
@@ -211,7 +214,7 @@ def export_backpressure(app: VigilApp, agent: str, topic: str, scheduler: KeyOrd
     metrics.IN_FLIGHT.labels(agent).set_function(lambda: scheduler.buffered)
 
     def paused(reason: str) -> float:
-        consumer = app._consumer
+        consumer = app._consumer  # noqa: SLF001
         if not isinstance(consumer, VigilConsumer) or reason not in consumer.held_reasons(topic):
             return 0.0
         try:

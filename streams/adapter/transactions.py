@@ -3,7 +3,7 @@
 A record's outputs and its changelog record are written into the open transaction of the
 partition it came from, inside a per-partition lock (``unit``) so a commit never splits one
 record's writes. Each commit tick sends the partition's committable offset (its lowest
-unfinished record, ``streams.offsets``) into the transaction and commits it. Records that
+unfinished record, ``streams.core.offsets``) into the transaction and commits it. Records that
 finished above that offset are committed too; after a crash they are redelivered and their
 handled ids, committed in the same transaction as their outputs, make them no-ops. A
 ``read_committed`` reader therefore sees every output exactly once.
@@ -119,8 +119,8 @@ class VigilTransactions(TransactionManager):
 
     async def _open(self, tp: TP) -> None:
         settings = {
-            **self.producer._settings_default(),  # type: ignore[attr-defined]
-            **self.producer._settings_auth(),  # type: ignore[attr-defined]
+            **self.producer._settings_default(),  # type: ignore[attr-defined]  # noqa: SLF001
+            **self.producer._settings_auth(),  # type: ignore[attr-defined]  # noqa: SLF001
             "acks": "all",
             "enable_idempotence": True,
             "transactional_id": self.transactional_id(tp),
@@ -161,7 +161,7 @@ class VigilTransactions(TransactionManager):
 
     async def send(self, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(
-            "in exactly_once mode every write goes through streams.effects.TransactionalEffects"
+            "in exactly_once mode every write goes through streams.core.effects.TransactionalEffects"
         )
 
     # -- committing ------------------------------------------------------------------------

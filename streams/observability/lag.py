@@ -26,7 +26,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from . import metrics
+from streams.observability import metrics
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ poison record (undecodable, unknown type, key != subject, or retries exhausted) 
 entity and no id, so each input partition keeps its own window of dead-lettered offsets, one
 table value per partition (key ``<topic>:<partition>``) written with the dead letter: in the
 Kafka transaction of that partition in exactly_once mode, right after the DLQ's ack in
-at_least_once (``streams.effects``). A record whose origin is in the window is skipped.
+at_least_once (``streams.core.effects``). A record whose origin is in the window is skipped.
 
 A window entry is (offset, record timestamp): a topic deleted and recreated restarts its
 offsets, and the timestamp keeps an old mark from hiding a new record at the same offset. The
@@ -14,7 +14,7 @@ offset can be redelivered, so the bound only matters when more than that many ar
 in one partition between two offset commits. A value is at most 16 bytes per entry plus a tag,
 packed so that a lookup (done for every record) is a copy and a binary search, not a parse.
 
-No faust import here: the binding (a Faust table with raw values) is in ``streams.worker``.
+No faust import here: the binding (a Faust table with raw values) is in ``streams.adapter.worker``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from array import array
 from bisect import bisect_left
 from collections.abc import MutableMapping
 
-from .records import ConsumedRecord
+from streams.core.records import ConsumedRecord
 
 #: dead-lettered offsets remembered per input partition
 MAX_MARKS = 1000
@@ -123,7 +123,7 @@ class DeadLetterMarks:
 
     def marked(self, record: ConsumedRecord) -> tuple[str, bytes]:
         """The key and new value of the record's partition window with ``record`` added; the
-        caller writes it with the dead letter (``streams.effects``), with no other write to
+        caller writes it with the dead letter (``streams.core.effects``), with no other write to
         the window in between."""
         window = self.window(record.topic, record.partition)
         window.add(record.offset, record.timestamp_ms, self._limit)
@@ -131,7 +131,7 @@ class DeadLetterMarks:
 
     def write(self, key: str, value: bytes) -> None:
         """At-least-once write: Faust sends the changelog record and flushes it before the
-        offset commit (exactly-once writes go through ``streams.effects``)."""
+        offset commit (exactly-once writes go through ``streams.core.effects``)."""
         self._table[key] = value
 
 

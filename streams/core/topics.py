@@ -8,8 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from schemas import split_type
-
-from .errors import ConfigError
+from streams.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

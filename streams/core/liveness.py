@@ -14,7 +14,7 @@ group stall a partition on purpose. So each stalled partition also gets a verdic
   dropped between a fetch and the scheduler) is read again. Re-reading is harmless: finished
   records are absorbed by the handled ids in their entity's state.
 
-Pure logic, no Kafka client: ``streams.recovery.LivenessGuard`` gathers the views and acts.
+Pure logic, no Kafka client: ``streams.adapter.recovery.LivenessGuard`` gathers the views and acts.
 """
 
 from __future__ import annotations

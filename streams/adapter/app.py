@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .consumer import VigilApp
-from .settings import Settings
+from streams.adapter.consumer import VigilApp
+from streams.core.settings import Settings
 
 
 def create_app(settings: Settings) -> VigilApp:
@@ -13,7 +13,7 @@ def create_app(settings: Settings) -> VigilApp:
     app = VigilApp(
         settings.group_id,
         broker=brokers,
-        store="rocksdb://",  # faust's RocksDB store; tables pick the rocksdict driver (streams.worker)
+        store="rocksdb://",  # faust's RocksDB store; tables pick the rocksdict driver (streams.adapter.worker)
         datadir=str(settings.data_dir),
         autodiscover=False,
         topic_partitions=settings.partitions,
@@ -33,7 +33,7 @@ def create_app(settings: Settings) -> VigilApp:
         web_bind="127.0.0.1",
         web_host="127.0.0.1",
         table_standby_replicas=0,
-        # Vigil drains its own schedulers with a deadline (streams.consumer.VigilApp);
+        # Vigil drains its own schedulers with a deadline (streams.adapter.consumer.VigilApp);
         # Faust's unbounded wait would outlive the rebalance timeout with slow handlers.
         stream_wait_empty=False,
     )

@@ -37,8 +37,8 @@ from aiokafka.structs import OffsetAndMetadata
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
-from .offsets import OffsetTracker
-from .transactions import VigilTransactions, mark_clean_stop
+from streams.adapter.transactions import VigilTransactions, mark_clean_stop
+from streams.core.offsets import OffsetTracker
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,8 @@ class VigilConsumer(faust_aiokafka.Consumer):
     def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:
         seen: set[TP] = set()
         for tracker in self._trackers():
-            for tp in tracker.partitions():
+            for tracked in tracker.partitions():
+                tp = TP(tracked.topic, tracked.partition)
                 if tp not in seen and (topics is None or tp in topics or tp.topic in topics):
                     seen.add(tp)
                     yield tp
@@ -342,7 +343,7 @@ class VigilApp(faust.App):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.drainables: list[Drainable] = []
-        #: source topics the liveness guard watches (``streams.recovery.WatchedSource``)
+        #: source topics the liveness guard watches (``streams.adapter.recovery.WatchedSource``)
         self.watched_sources: list[Any] = []
 
     #: set by the lag monitor: the highest lag of the groups consuming a topic, or None

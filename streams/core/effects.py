@@ -7,10 +7,11 @@ The dispatcher decides *what* a record writes; an ``Effects`` decides *how*:
   crash in between re-runs the record, and the handled id stored with the state (or the mark of
   a dead-lettered record) makes the re-run emit nothing new, unless the crash fell between the
   ack and the changelog send: then a dead letter can be written twice (the DLQ readers show
-  each origin record once, ``streams.dlq_admin``).
-- ``TransactionalEffects`` (``VIGIL_PROCESSING_GUARANTEE=exactly_once``): outputs and the
-  changelog records go into the Kafka transaction of the record's input partition
-  (``streams.transactions``), which later commits together with that partition's offset.
+  each origin record once, ``streams.kafka.dlq_admin``).
+- ``TransactionalEffects`` (``VIGIL_PROCESSING_GUARANTEE=exactly_once``, in
+  ``streams.adapter.transactional_effects``: it writes Faust's stores): outputs and the
+  changelog records go into the Kafka transaction of the record's input partition, which later
+  commits together with that partition's offset.
 """
 
 from __future__ import annotations
@@ -18,18 +19,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from faust.types import TP
-
-from . import metrics
-from .codec import EncodedRecord
-from .dlq_dedup import DeadLetterMarks
-from .records import ConsumedRecord
-from .state import StateStore
-from .transactions import VigilTransactions
+from streams.core.codec import EncodedRecord
+from streams.core.dlq_dedup import DeadLetterMarks
+from streams.core.records import ConsumedRecord
+from streams.core.state import StateStore
+from streams.observability import metrics
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +54,7 @@ class Effects(Protocol):
     ) -> None:
         """Return once every write is durable (or, in a transaction, part of it). With
         ``mark``, the record's offset is added to its partition's dead-letter window
-        (``streams.dlq_dedup``), read and written here in one step so that concurrent records
+        (``streams.core.dlq_dedup``), read and written here in one step so that concurrent records
         of one partition never overwrite each other's marks."""
 
 
@@ -109,48 +107,3 @@ class AtLeastOnceEffects:
                 )
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 10.0)
-
-
-class TransactionalEffects:
-    """Writes into the transaction of the record's input partition. The local RocksDB write
-    comes last, after the broker accepted the changelog record; a failure part-way marks the
-    transaction broken, which ends the process at the next commit (see ``streams.transactions``).
-
-    Faust's ``table[key] = value`` is not used here: it hands the changelog record to a
-    background buffer that may send it after the transaction it belongs to has committed.
-    """
-
-    def __init__(self, transactions: Callable[[], VigilTransactions], table: Any, marks_table: Any) -> None:
-        self.transactions = transactions  # resolved per call: the consumer is built after binding
-        self.table = table
-        self.marks_table = marks_table
-        self.marks = DeadLetterMarks(marks_table)
-
-    async def apply(
-        self,
-        record: ConsumedRecord,
-        outputs: Sequence[Output],
-        state: StateWrite | None,
-        mark: bool = False,
-    ) -> None:
-        tp = TP(record.topic, record.partition)
-        writes: list[tuple[Any, str, object]] = []
-        if state is not None:
-            writes.append((self.table, state.subject, state.body))
-        async with self.transactions().unit(tp) as txn:
-            if mark:  # under the partition's lock, which also covers the local write below
-                writes.append((self.marks_table, *self.marks.marked(record)))
-            pending = [
-                await txn.send(o.topic, o.record.key, o.record.value, o.record.headers) for o in outputs
-            ]
-            local = []
-            for table, k, v in writes:
-                store = table.data
-                key, value = store._encode_key(k), store._encode_value(v)
-                changelog = TP(table.changelog_topic.get_topic_name(), record.partition)
-                pending.append(await txn.send(changelog.topic, key, value, [], partition=record.partition))
-                local.append((store, key, value, changelog))
-            results = await asyncio.gather(*pending)
-            for (store, key, value, changelog), result in zip(local, results[len(outputs) :], strict=True):
-                store._set(key, value)
-                txn.persist_on_commit(store, changelog, result.offset)

@@ -1,6 +1,6 @@
 """The worker's operations endpoint and lag monitor, run as one service inside the Faust app.
 
-``GET /metrics`` (prometheus-client exposition of ``streams.metrics.REGISTRY``), ``GET /healthz``
+``GET /metrics`` (prometheus-client exposition of ``streams.observability.metrics.REGISTRY``), ``GET /healthz``
 (200 whenever the worker's event loop answers) and ``GET /readyz`` (200 once the worker has its
 partition assignment and its tables are recovered; 503 with the reason before that, during a
 rebalance and while stopping) on ``VIGIL_METRICS_HOST`` (127.0.0.1):``VIGIL_METRICS_PORT``.
@@ -22,10 +22,11 @@ from aiohttp import web
 from mode import Service
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from . import metrics, topics
-from .agent import AgentSpec
-from .lag import LagMonitor
-from .settings import Settings
+from streams.core import topics
+from streams.core.agent import AgentSpec
+from streams.core.settings import Settings
+from streams.observability import metrics
+from streams.observability.lag import LagMonitor
 
 log = logging.getLogger(__name__)
 

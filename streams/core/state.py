@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .errors import ConfigError
+from streams.core.errors import ConfigError
 
 FORMAT_VERSION = 1
 
@@ -70,5 +70,5 @@ class StateStore:
 
     def write(self, subject: str, body: dict[str, Any]) -> None:
         """At-least-once write: Faust sends the changelog record and flushes it before the
-        offset commit (exactly-once writes go through ``streams.effects``)."""
+        offset commit (exactly-once writes go through ``streams.core.effects``)."""
         self._table[subject] = body

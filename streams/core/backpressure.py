@@ -7,7 +7,7 @@ the dispatcher waits until the gate clears (or until ``retry_at`` for a gate tha
 one subject) and runs the record again without counting an attempt.
 
 Resources (``Runtime.provide``) take part by implementing ``gates_for(agent)``; contexts bind
-them per call through ``bind(agent, subject)`` (see ``streams.context``).
+them per call through ``bind(agent, subject)`` (see ``streams.core.context``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Two watchdogs that keep a worker making progress whatever Faust's call order does.
 
-``LivenessGuard`` watches every assigned source partition (see ``streams.liveness`` for the
+``LivenessGuard`` watches every assigned source partition (see ``streams.core.liveness`` for the
 rules): one with records past its committed offset that has not moved for
 ``VIGIL_STALL_TIMEOUT`` is logged with its whole fetch state, counted, and reported by
 ``/readyz``; a hold whose condition no longer holds is released, and a partition that nothing
@@ -26,10 +26,10 @@ from typing import Any
 from faust.types import TP
 from mode import Service
 
-from . import metrics
-from .backpressure import PAUSE_REASONS, AgentGates
-from .liveness import PartitionView, StallDetector
-from .scheduler import KeyOrderedScheduler
+from streams.core.backpressure import PAUSE_REASONS, AgentGates
+from streams.core.liveness import PartitionView, StallDetector
+from streams.core.scheduler import KeyOrderedScheduler
+from streams.observability import metrics
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class RecoveryWatchdog(Service):
 
     async def check(self) -> None:
         recovery = self.app.tables.recovery
-        started = recovery._recovery_started_at
+        started = recovery._recovery_started_at  # noqa: SLF001
         if not recovery.in_recovery or started is None:
             self._kicked_at.clear()
             return
@@ -78,7 +78,7 @@ class RecoveryWatchdog(Service):
                 continue
             quiet_since = max(
                 started,
-                recovery._active_events_received_at.get(tp, started),
+                recovery._active_events_received_at.get(tp, started),  # noqa: SLF001
                 self._kicked_at.get(tp, started),
             )
             if now - quiet_since < self.stall_after:
@@ -101,8 +101,8 @@ class RecoveryWatchdog(Service):
             highwater,
             quiet,
             position,
-            consumer._read_offset.get(tp),
-            tp in consumer._get_active_partitions(),
+            consumer._read_offset.get(tp),  # noqa: SLF001
+            tp in consumer._get_active_partitions(),  # noqa: SLF001
         )
         self.kicks += 1
         metrics.PARTITION_RECOVERIES.labels("-", "changelog_sought").inc()
@@ -128,7 +128,7 @@ class WatchedSource:
 
 class LivenessGuard(Service):
     """Every ``interval`` seconds: a view of each assigned source partition, the stalled ones
-    logged and acted on (``streams.liveness``)."""
+    logged and acted on (``streams.core.liveness``)."""
 
     def __init__(
         self,
@@ -207,7 +207,7 @@ class LivenessGuard(Service):
                         topic=tp.topic,
                         partition=tp.partition,
                         highwater=highwaters.get(tp),
-                        committed=consumer._committed_offset.get(tp),
+                        committed=consumer._committed_offset.get(tp),  # noqa: SLF001
                         position=await self._position(consumer, tp),
                         progress=source.scheduler.tracker.progress(tp),
                         buffered=source.scheduler.buffered_of(tp),

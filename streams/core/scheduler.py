@@ -17,9 +17,8 @@ from collections.abc import Awaitable, Callable, Collection, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from faust.types import TP
-
-from .offsets import OffsetTracker
+from streams.core.offsets import OffsetTracker
+from streams.core.records import TP
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +204,14 @@ class KeyOrderedScheduler(Generic[T]):
                 break
         late = self.running(tps)
         for job in late:
-            log.warning("%s: cancelling %s[%d]@%d after %.1fs", self.name, *job.tp, job.offset, grace)
+            log.warning(
+                "%s: cancelling %s[%d]@%d after %.1fs",
+                self.name,
+                job.tp.topic,
+                job.tp.partition,
+                job.offset,
+                grace,
+            )
             if job.task is not None:
                 job.task.cancel()
         if late:

@@ -17,7 +17,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from .backpressure import Blocked
+from streams.core.backpressure import Blocked
 
 RETRIABLE_BUILTINS: tuple[type[BaseException], ...] = (TimeoutError, ConnectionError)
 
