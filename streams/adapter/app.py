@@ -1,9 +1,90 @@
-"""The Faust app factory: one place that turns ``Settings`` into Faust configuration."""
+"""The Faust app: ``VigilApp`` (Vigil's consumer, a rebalance/stop drain bounded by
+``drain_timeout``) and the factory that turns ``Settings`` into Faust configuration."""
 
 from __future__ import annotations
 
-from streams.adapter.consumer import VigilApp
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import faust
+
+from streams.adapter.consumer import Drainable, VigilConsumer
+from streams.adapter.transactions import mark_clean_stop
 from streams.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class VigilApp(faust.App):
+    """A Faust app whose consumer is ``VigilConsumer`` and whose rebalance/stop drain is
+    bounded by ``drain_timeout``."""
+
+    drain_timeout: float = 10.0
+    #: failpoint for tests: the next N offset commits fail like a commit during a rebalance
+    vigil_fail_commits: int = 0
+    #: failpoint for tests: the next N post-rebalance resumes of stream partitions are lost
+    vigil_fail_resumes: int = 0
+    #: failpoint for tests: the next N fetches holding changelog records lose them
+    vigil_fail_changelog_fetches: int = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.drainables: list[Drainable] = []
+        #: source topics the liveness guard watches (``streams.adapter.recovery.WatchedSource``)
+        self.watched_sources: list[Any] = []
+
+    #: set by the lag monitor: the highest lag of the groups consuming a topic, or None
+    downstream_lag_reader: Callable[[str], float | None] | None = None
+
+    def downstream_lag(self, topic: str) -> float | None:
+        reader = self.downstream_lag_reader
+        return reader(topic) if reader is not None else None
+
+    def add_drainable(self, scheduler: Drainable) -> None:
+        """Its tracker decides the committable offsets of its topic; it is drained on
+        rebalance and stop."""
+        self.drainables.append(scheduler)
+
+    @property
+    def vigil_consumer(self) -> VigilConsumer:
+        consumer = self.consumer
+        assert isinstance(consumer, VigilConsumer)
+        return consumer
+
+    def _new_consumer(self) -> VigilConsumer:
+        return VigilConsumer(
+            self.transport,
+            callback=self.topics.on_message,
+            on_partitions_revoked=self._on_partitions_revoked,
+            on_partitions_assigned=self._on_partitions_assigned,
+            beacon=self.beacon,
+            loop=self.transport.loop,
+        )
+
+    async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
+        """Called by Faust when partitions are revoked and when the app stops, after fetching
+        stopped: finish or cancel in-flight records, commit what finished, start afresh."""
+        cancelled = await asyncio.gather(*(d.drain(None, self.drain_timeout) for d in self.drainables))
+        if any(cancelled):
+            log.warning(
+                "drain: cancelled %d in-flight records after %.1fs", sum(cancelled), self.drain_timeout
+            )
+        # A commit tick already running may have read its offsets before the drain finished.
+        await consumer.maybe_wait_for_commit_to_finish()
+        await consumer.commit()
+        for d in self.drainables:
+            d.tracker.forget(d.tracker.partitions())
+
+    async def _stop_consumer(self) -> None:
+        await super()._stop_consumer()  # drains, commits, closes the tables
+        if (
+            self.in_transaction
+            and self._consumer is not None
+            and self.vigil_consumer.vigil_transactions.clean
+        ):
+            mark_clean_stop(self.conf.tabledir)
 
 
 def create_app(settings: Settings) -> VigilApp:

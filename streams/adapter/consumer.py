@@ -1,4 +1,4 @@
-"""Faust's consumer and app, with the offset bookkeeping and rebalance drain Vigil owns.
+"""Faust's consumer with the offset bookkeeping, fetch path and backpressure holds Vigil owns.
 
 Faust gets three things wrong for concurrent handlers, each checked in its source (0.15.3):
 
@@ -19,25 +19,22 @@ never read again, since the fetch position is already past them; the commit then
 once later records finish. Here the stream partitions stay paused from the seek until the
 clear (``perform_seek``/``resume_flow``).
 
-The driver's ``_commit`` crashes the worker on any error but "already rebalanced"; a broker
-restart must not kill workers, so retriable Kafka errors only skip this commit tick.
+The commit itself and the highwaters run on the consumer thread (``streams.adapter.consumer_thread``);
+the bounded drain is the app's (``streams.adapter.app``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from typing import Any, Protocol, cast
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from typing import Any, Protocol
 
-import aiokafka
-import faust
-from aiokafka.errors import CommitFailedError, KafkaError
-from aiokafka.structs import OffsetAndMetadata
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
-from streams.adapter.transactions import VigilTransactions, mark_clean_stop
+from streams.adapter.consumer_thread import VigilConsumerThread
+from streams.adapter.transactions import VigilTransactions
 from streams.core.offsets import OffsetTracker
 
 log = logging.getLogger(__name__)
@@ -47,91 +44,6 @@ class Drainable(Protocol):
     tracker: OffsetTracker
 
     async def drain(self, tps: Collection[TP] | None, grace: float) -> int: ...
-
-
-class VigilConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
-        consumer = self._ensure_consumer()
-        assignment = self.assignment()
-        committable = {
-            faust_aiokafka.ensure_aiokafka_TP(tp): OffsetAndMetadata(offset, "")
-            for tp, offset in offsets.items()
-            if tp in assignment
-        }
-        if not committable:
-            return False
-        try:
-            app = self.consumer.app
-            if getattr(app, "vigil_fail_commits", 0) > 0:
-                app.vigil_fail_commits -= 1  # type: ignore[attr-defined]
-                raise CommitFailedError("failpoint: commit fails as if the group already rebalanced")
-            await consumer.commit(committable)
-        except CommitFailedError as exc:
-            log.warning("offset commit failed (%s); it is retried on the next tick", exc)
-            return False
-        except KafkaError as exc:
-            if not exc.retriable and not isinstance(exc, ConnectionError):
-                raise
-            log.warning("offset commit failed (%r); it is retried on the next tick", exc)
-            return False
-        return True
-
-    async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
-        """In exactly_once mode Faust asks for the last stable offset the consumer has seen in
-        a fetch, which is -1 before the first one (recovery then fails its consistency check),
-        and it ends recovery at the highwater - 1, which in a transactional changelog is a
-        commit marker no consumer ever receives (recovery then stalls). Here the highwater of a
-        changelog partition is one past its last committed record, asked of the broker."""
-        if not self.consumer.in_transaction:
-            return await super()._highwaters(partitions)
-        consumer = self._ensure_consumer()
-        ends: dict[TP, int] = dict(await consumer.end_offsets(partitions))  # read_committed: LSO
-        changelogs = set(self.app.tables.changelog_topics)
-        tail = [tp for tp in partitions if tp.topic in changelogs and ends[tp] > 0]
-        if tail:
-            transport = cast(faust_aiokafka.Transport, self.transport)
-            reader = aiokafka.AIOKafkaConsumer(
-                bootstrap_servers=faust_aiokafka.server_list(transport.url, transport.default_port),
-                isolation_level="read_committed",
-                enable_auto_commit=False,
-                **faust_aiokafka.credentials_to_aiokafka_auth(
-                    self.app.conf.broker_credentials, self.app.conf.ssl_context
-                ),
-            )
-            await reader.start()
-            try:
-                for tp in tail:
-                    ends[tp] = await last_record_offset(reader, tp, ends[tp]) + 1
-            finally:
-                await reader.stop()
-        return ends
-
-
-async def last_record_offset(reader: aiokafka.AIOKafkaConsumer, tp: TP, end: int) -> int:
-    """Offset of the last record a read_committed reader gets below ``end`` (-1 if none), read
-    from a tail window that doubles until it holds one (aborted blocks can be long)."""
-    ktp = faust_aiokafka.ensure_aiokafka_TP(tp)
-    reader.assign([ktp])
-    begin = (await reader.beginning_offsets([ktp]))[ktp]
-    window = 64
-    while True:
-        start = max(begin, end - window)
-        reader.seek(ktp, start)
-        last = -1
-        empty_fetches = 0
-        while await reader.position(ktp) < end:
-            batch = await reader.getmany(ktp, timeout_ms=500)
-            if not batch:
-                empty_fetches += 1
-                if empty_fetches > 20:  # never seen; Faust's own rule is the fallback
-                    log.warning(
-                        "could not read the tail of %s; assuming its last record is at %d", tp, end - 1
-                    )
-                    return end - 1
-            last = max([last, *(m.offset for m in batch.get(ktp, ()) if m.offset < end)])
-        if last >= 0 or start == begin:
-            return last
-        window *= 4
 
 
 class VigilConsumer(faust_aiokafka.Consumer):
@@ -156,7 +68,7 @@ class VigilConsumer(faust_aiokafka.Consumer):
     # -- offsets -------------------------------------------------------------------------
     def _trackers(self) -> list[OffsetTracker]:
         app = self.app
-        return [d.tracker for d in app.drainables] if isinstance(app, VigilApp) else []
+        return [d.tracker for d in getattr(app, "drainables", ())]
 
     def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:
         seen: set[TP] = set()
@@ -326,73 +238,3 @@ class VigilConsumer(faust_aiokafka.Consumer):
                 first,
             )
             await self.seek(TP(tp.topic, tp.partition), first)
-
-
-class VigilApp(faust.App):
-    """A Faust app whose consumer is ``VigilConsumer`` and whose rebalance/stop drain is
-    bounded by ``drain_timeout``."""
-
-    drain_timeout: float = 10.0
-    #: failpoint for tests: the next N offset commits fail like a commit during a rebalance
-    vigil_fail_commits: int = 0
-    #: failpoint for tests: the next N post-rebalance resumes of stream partitions are lost
-    vigil_fail_resumes: int = 0
-    #: failpoint for tests: the next N fetches holding changelog records lose them
-    vigil_fail_changelog_fetches: int = 0
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.drainables: list[Drainable] = []
-        #: source topics the liveness guard watches (``streams.adapter.recovery.WatchedSource``)
-        self.watched_sources: list[Any] = []
-
-    #: set by the lag monitor: the highest lag of the groups consuming a topic, or None
-    downstream_lag_reader: Callable[[str], float | None] | None = None
-
-    def downstream_lag(self, topic: str) -> float | None:
-        reader = self.downstream_lag_reader
-        return reader(topic) if reader is not None else None
-
-    def add_drainable(self, scheduler: Drainable) -> None:
-        """Its tracker decides the committable offsets of its topic; it is drained on
-        rebalance and stop."""
-        self.drainables.append(scheduler)
-
-    @property
-    def vigil_consumer(self) -> VigilConsumer:
-        consumer = self.consumer
-        assert isinstance(consumer, VigilConsumer)
-        return consumer
-
-    def _new_consumer(self) -> VigilConsumer:
-        return VigilConsumer(
-            self.transport,
-            callback=self.topics.on_message,
-            on_partitions_revoked=self._on_partitions_revoked,
-            on_partitions_assigned=self._on_partitions_assigned,
-            beacon=self.beacon,
-            loop=self.transport.loop,
-        )
-
-    async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
-        """Called by Faust when partitions are revoked and when the app stops, after fetching
-        stopped: finish or cancel in-flight records, commit what finished, start afresh."""
-        cancelled = await asyncio.gather(*(d.drain(None, self.drain_timeout) for d in self.drainables))
-        if any(cancelled):
-            log.warning(
-                "drain: cancelled %d in-flight records after %.1fs", sum(cancelled), self.drain_timeout
-            )
-        # A commit tick already running may have read its offsets before the drain finished.
-        await consumer.maybe_wait_for_commit_to_finish()
-        await consumer.commit()
-        for d in self.drainables:
-            d.tracker.forget(d.tracker.partitions())
-
-    async def _stop_consumer(self) -> None:
-        await super()._stop_consumer()  # drains, commits, closes the tables
-        if (
-            self.in_transaction
-            and self._consumer is not None
-            and self.vigil_consumer.vigil_transactions.clean
-        ):
-            mark_clean_stop(self.conf.tabledir)

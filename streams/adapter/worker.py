@@ -25,8 +25,8 @@ from faust.types import EventT, StreamT
 
 from streams import kafka
 from streams.adapter import observability, recovery, transactions
-from streams.adapter.app import create_app
-from streams.adapter.consumer import VigilApp, VigilConsumer
+from streams.adapter.app import VigilApp, create_app
+from streams.adapter.consumer import VigilConsumer
 from streams.adapter.transactional_effects import TransactionalEffects
 from streams.core import dlq_dedup, topics
 from streams.core.agent import AgentSpec, Runtime
