@@ -146,6 +146,8 @@ class LivenessGuard(Service):
         #: the partitions found stalled by the last check (``/readyz`` reports them)
         self.stalled: list[PartitionView] = []
         self._logged_at: dict[tuple[str, str, int], float] = {}
+        #: (committed, highwater) at which a caught-up partition was last re-read
+        self._probed: dict[tuple[str, str, int], tuple[int | None, int | None]] = {}
         super().__init__(**kwargs)
 
     @property
@@ -180,7 +182,13 @@ class LivenessGuard(Service):
     async def check(self) -> None:
         views = await self.views() if self._settled() else []
         now = self.clock()
-        self.stalled = self.detector.stalled(views, now)
+        stalled = []
+        for view in self.detector.stalled(views, now):
+            if view.caught_up and view.verdict() == "recover":
+                await self._probe(view, now)
+            else:
+                stalled.append(view)
+        self.stalled = stalled
         for source in self.sources:
             metrics.STALLED_PARTITIONS.labels(source.agent).set(
                 sum(1 for v in self.stalled if v.agent == source.agent)
@@ -237,6 +245,29 @@ class LivenessGuard(Service):
         if reason in PAUSE_REASONS:
             return any(g.blocked() for g in source.gates.gates if g.reason == reason)
         return True  # a reason this guard does not know: assume it holds
+
+    async def _probe(self, view: PartitionView, now: float) -> None:
+        """Re-read a caught-up partition once per (committed, highwater): records come back if
+        they had been consumed without reaching the agent; markers bring nothing."""
+        key = view.key
+        offsets = (view.committed, view.highwater)
+        if self._probed.get(key) == offsets:
+            return  # probed already at these offsets and nothing came: idle
+        self._probed[key] = offsets
+        log.info(
+            "liveness guard: %s[%d] is read up to its highwater %s but committed at %s; re-reading it "
+            "once from the committed offset (only transaction markers, or records that never reached the agent)",
+            view.topic,
+            view.partition,
+            view.highwater,
+            view.committed,
+        )
+        source = next(s for s in self.sources if s.agent == view.agent)
+        tp = TP(view.topic, view.partition)
+        source.scheduler.tracker.forget([tp])
+        await self.app.vigil_consumer.refetch(tp, view.committed if view.committed is not None else 0)
+        metrics.PARTITION_RECOVERIES.labels(view.agent, "probed").inc()
+        self.detector.restart(view, now)
 
     async def _act(self, view: PartitionView, now: float) -> None:
         verdict = view.verdict()

@@ -14,6 +14,12 @@ group stall a partition on purpose. So each stalled partition also gets a verdic
   dropped between a fetch and the scheduler) is read again. Re-reading is harmless: finished
   records are absorbed by the handled ids in their entity's state.
 
+A partition whose fetcher is already at the highwater (``caught_up``) is not reported at once:
+in a topic written with transactions the offsets past the last record are commit markers, so
+an idle partition stays "behind" by them for good. The guard re-reads it from the committed
+offset once, quietly (a *probe*); if that brings no record and neither offset moves, it is
+idle, not stalled.
+
 Pure logic, no Kafka client: ``streams.adapter.recovery.LivenessGuard`` gathers the views and acts.
 """
 
@@ -65,6 +71,13 @@ class PartitionView:
             return False
         start = self.committed if self.committed is not None and self.committed >= 0 else 0
         return self.highwater > start
+
+    @property
+    def caught_up(self) -> bool:
+        """The fetcher has read up to the highwater: what lies past the committed offset may be
+        only transaction markers (which no consumer receives), or records consumed without
+        reaching the agent. Only a re-read from the committed offset tells them apart."""
+        return self.position is not None and self.highwater is not None and self.position >= self.highwater
 
     def verdict(self) -> Verdict:
         if self.buffered or self.running or self.held_valid:

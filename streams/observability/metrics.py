@@ -62,7 +62,8 @@ STALLED_PARTITIONS = Gauge(
 PARTITION_RECOVERIES = Counter(
     "vigil_partition_recoveries_total",
     "Stalled partitions the liveness guard acted on, by agent and action (resumed: sought "
-    "to the committed offset; released: a hold whose condition no longer held)",
+    "to the committed offset; released: a hold whose condition no longer held; probed: a "
+    "caught-up partition re-read once from its committed offset)",
     ["agent", "action"],
     registry=REGISTRY,
 )

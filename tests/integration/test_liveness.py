@@ -10,12 +10,15 @@ records to restore, through Faust's own recovery path.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 
 import pytest
 
-from tests.support import Cluster, free_port, wait_for
+from streams import kafka
+from streams.core.codec import EncodedRecord
+from tests.support import Cluster, committed_offsets, end_offsets, free_port, wait_for
 
 from .guarantees import IN, OUT, PROBE, assert_exact_sequences, conversations, ids_of, rounds, wait_replied
 
@@ -116,4 +119,48 @@ def test_watchdog_reseeks_a_changelog_partition_whose_fetched_records_were_lost(
     log = w2.log()
     assert re.search(r"recovery of .+ stalled at offset", log), log[-4000:]
     assert handled_by(cluster, w2.pid) > 0, "w2 never finished its recovery"
+    assert_exact_sequences(cluster, ids_of(convs))
+
+
+def produce_in_transaction(cluster: Cluster, topic: str, records: list[EncodedRecord]) -> None:
+    """What an upstream exactly-once producer writes: records, then a commit marker per partition."""
+
+    async def go() -> None:
+        settings = cluster.settings()
+        producer = kafka.producer(settings, transactional_id=f"{cluster.prefix}upstream")
+        async with producer as prod, prod.transaction():
+            for r in records:
+                await prod.send(cluster.prefix + topic, value=r.value, key=r.key, headers=r.headers)
+
+    asyncio.run(go())
+
+
+def test_an_idle_partition_behind_only_by_transaction_markers_is_not_stalled(cluster: Cluster) -> None:
+    """Input written in a transaction leaves a commit marker after the last record: the
+    committed offset stays one below the highwater for good. The guard re-reads such a
+    partition once, finds nothing, and reports nothing: /readyz stays ready."""
+    convs = conversations([f"t{i}" for i in range(12)], 3)
+    cluster.create_topics(IN)
+    port = free_port()
+    w1 = cluster.start_worker("w1", args=PROBE, VIGIL_METRICS_PORT=str(port), **GUARD)
+    produce_in_transaction(cluster, IN, rounds(convs, 0, 3))
+    wait_replied(cluster, 36, [w1])
+    committed = committed_offsets(cluster.settings(), cluster.prefix + IN)
+    ends = end_offsets(cluster.settings(), cluster.prefix + IN)
+    behind = [p for p, end in ends.items() if end > committed.get(p, 0)]
+    assert behind, (committed, ends)  # the markers: the case this test is about
+
+    def reported() -> str | None:
+        text = scrape(port)
+        if metric(text, "vigil_stalled_partitions") or metric(
+            text, "vigil_partition_recoveries_total", action="resumed"
+        ):
+            return text
+        return None
+
+    # Three stall deadlines and more: a false stall would have been reported by then.
+    with pytest.raises(AssertionError, match="timed out"):
+        wait_for(reported, 12, "a stalled partition reported", interval=0.5)
+    assert metric(scrape(port), "vigil_partition_recoveries_total", action="probed") >= len(behind)
+    assert "partition stalled" not in w1.log()
     assert_exact_sequences(cluster, ids_of(convs))

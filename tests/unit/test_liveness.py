@@ -72,6 +72,12 @@ def test_verdicts() -> None:
     assert "committed=20 position=20" in VIEW.describe()
 
 
+def test_caught_up_means_read_up_to_the_highwater() -> None:
+    assert not VIEW.caught_up
+    assert replace(VIEW, position=40).caught_up
+    assert not replace(VIEW, position=None).caught_up
+
+
 def test_the_deadline_must_be_positive() -> None:
     with pytest.raises(ValueError, match="stall_after"):
         StallDetector(0)
