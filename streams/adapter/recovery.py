@@ -34,9 +34,31 @@ from streams.observability import metrics
 log = logging.getLogger(__name__)
 
 
-class RecoveryWatchdog(Service):
+class Watchdog(Service):
+    """Runs ``check()`` every ``interval`` seconds; a failing check is logged, never raised:
+    a watchdog must not take the worker down."""
+
+    interval: float = 5.0
+    what = "watchdog"
+
+    @Service.task
+    async def _watch(self) -> None:
+        while not self.should_stop:
+            await self.sleep(self.interval)
+            try:
+                await self.check()
+            except Exception:
+                log.exception("%s: check failed", self.what)
+
+    async def check(self) -> None:
+        raise NotImplementedError
+
+
+class RecoveryWatchdog(Watchdog):
     """Re-seeks an active changelog partition that has sat below its highwater with no record
     for ``stall_after`` seconds while recovery runs."""
+
+    what = "recovery watchdog"
 
     def __init__(
         self,
@@ -54,15 +76,6 @@ class RecoveryWatchdog(Service):
         self._kicked_at: dict[TP, float] = {}
         self.kicks = 0
         super().__init__(**kwargs)
-
-    @Service.task
-    async def _watch(self) -> None:
-        while not self.should_stop:
-            await self.sleep(self.interval)
-            try:
-                await self.check()
-            except Exception:  # a watchdog must not take the worker down
-                log.exception("recovery watchdog: check failed")
 
     async def check(self) -> None:
         recovery = self.app.tables.recovery
@@ -126,9 +139,11 @@ class WatchedSource:
     gates: AgentGates
 
 
-class LivenessGuard(Service):
+class LivenessGuard(Watchdog):
     """Every ``interval`` seconds: a view of each assigned source partition, the stalled ones
     logged and acted on (``streams.core.liveness``)."""
+
+    what = "liveness guard"
 
     def __init__(
         self,
@@ -160,15 +175,6 @@ class LivenessGuard(Service):
         return "stalled partitions: " + ", ".join(
             f"{v.topic}[{v.partition}] ({v.verdict()})" for v in self.stalled
         )
-
-    @Service.task
-    async def _watch(self) -> None:
-        while not self.should_stop:
-            await self.sleep(self.interval)
-            try:
-                await self.check()
-            except Exception:  # a watchdog must not take the worker down
-                log.exception("liveness guard: check failed")
 
     def _settled(self) -> bool:
         app = self.app
