@@ -26,6 +26,8 @@ class VigilApp(faust.App):
     vigil_fail_commits: int = 0
     #: failpoint for tests: the next N post-rebalance resumes of stream partitions are lost
     vigil_fail_resumes: int = 0
+    #: failpoint for tests: the next N releases of a backpressure hold are lost
+    vigil_fail_releases: int = 0
     #: failpoint for tests: the next N fetches holding changelog records lose them
     vigil_fail_changelog_fetches: int = 0
 
@@ -121,5 +123,6 @@ def create_app(settings: Settings) -> VigilApp:
     app.drain_timeout = settings.drain_timeout
     app.vigil_fail_commits = settings.fail_commits
     app.vigil_fail_resumes = settings.fail_resumes
+    app.vigil_fail_releases = settings.fail_releases
     app.vigil_fail_changelog_fetches = settings.fail_changelog_fetches
     return app

@@ -182,6 +182,10 @@ class VigilConsumer(faust_aiokafka.Consumer):
 
     def release(self, topic: str, reason: str = "in_flight") -> None:
         reasons = self._held.get(topic)
+        if reasons is not None and reason in reasons and getattr(self.app, "vigil_fail_releases", 0) > 0:
+            self.app.vigil_fail_releases -= 1  # type: ignore[attr-defined]
+            log.warning("failpoint: the release of hold %r of %s is lost", reason, topic)
+            return
         if reasons is not None:
             reasons.discard(reason)
             if not reasons:

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     fail_changelog_fetches: int = Field(
         0, ge=0, description="Testing failpoint: the first N fetches of changelog records lose them"
     )
+    fail_releases: int = Field(
+        0, ge=0, description="Testing failpoint: the first N releases of a backpressure hold are lost"
+    )
     fail_resumes: int = Field(
         0,
         ge=0,

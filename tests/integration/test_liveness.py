@@ -164,3 +164,26 @@ def test_an_idle_partition_behind_only_by_transaction_markers_is_not_stalled(clu
     assert metric(scrape(port), "vigil_partition_recoveries_total", action="probed") >= len(behind)
     assert "partition stalled" not in w1.log()
     assert_exact_sequences(cluster, ids_of(convs))
+
+
+def test_guard_releases_a_hold_whose_condition_no_longer_holds(cluster: Cluster) -> None:
+    """Eight records waiting when the worker starts fill its buffer (``max_buffered`` 8):
+    fetching is held for ``in_flight``, and the scheduler's release at the low mark is lost
+    (``VIGIL_FAIL_RELEASES=1``), so the topic stays held with nothing buffered and nothing
+    more is fetched. The guard sees the hold's condition is false and releases it; every
+    record is then handled, in order, once."""
+    convs = conversations([f"h{i}" for i in range(20)], 6)
+    cluster.create_topics(IN)
+    records = rounds(convs, 0, 6)
+    cluster.produce(IN, records[:8])  # one per subject: exactly the buffer, fetched at once
+    port = free_port()
+    env = {**GUARD, "PROBE_MAX_BUFFERED": "8", "PROBE_CONCURRENCY": "4"}
+    w1 = cluster.start_worker("w1", args=PROBE, VIGIL_FAIL_RELEASES="1", VIGIL_METRICS_PORT=str(port), **env)
+    wait_for(lambda: "failpoint: the release" in w1.log(), 90, "the lost release", interval=0.3)
+    cluster.produce(IN, records[8:])
+    wait_replied(cluster, 120, [w1], timeout=120)
+    assert "releasing hold 'in_flight'" in w1.log()
+    assert metric(scrape(port), "vigil_partition_recoveries_total", action="released") >= 1
+    assert_exact_sequences(cluster, ids_of(convs))
+    ids = reply_ids(cluster)
+    assert len(ids) == len(set(ids)) == 120
