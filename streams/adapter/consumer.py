@@ -230,10 +230,17 @@ class VigilConsumer(faust_aiokafka.Consumer):
 
     async def _rewind_discarded(self, records: Mapping[TP, Any]) -> None:
         live = self._get_active_partitions()
+        discarded = [
+            (tp, batch)
+            for tp, batch in records.items()
+            if batch and tp not in live and tp not in self._buffered_partitions
+        ]
+        if not discarded:
+            return  # every fetch on the hot path ends here
         assigned = self.assignment()
-        for tp, batch in records.items():
-            if not batch or tp in live or tp in self._buffered_partitions or tp not in assigned:
-                continue
+        for tp, batch in discarded:
+            if tp not in assigned:
+                continue  # revoked: its next owner reads from the committed offset
             first = min(r.offset for r in batch)
             log.info(
                 "%s[%d] stopped fetching while %d records were in flight: rewinding to %d",
