@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from faust.types import TP
@@ -189,7 +189,11 @@ class LivenessGuard(Watchdog):
         views = await self.views() if self._settled() else []
         now = self.clock()
         stalled = []
-        for view in self.detector.stalled(views, now):
+        for found in self.detector.stalled(views, now):
+            view = replace(
+                found,
+                position=await self._position(self.app.vigil_consumer, TP(found.topic, found.partition)),
+            )
             if view.caught_up and view.verdict() == "recover":
                 await self._probe(view, now)
             else:
@@ -222,7 +226,7 @@ class LivenessGuard(Watchdog):
                         partition=tp.partition,
                         highwater=highwaters.get(tp),
                         committed=consumer._committed_offset.get(tp),  # noqa: SLF001
-                        position=await self._position(consumer, tp),
+                        position=None,  # asked of stalled partitions only (check)
                         progress=source.scheduler.tracker.progress(tp),
                         buffered=source.scheduler.buffered_of(tp),
                         running=len(source.scheduler.running([tp])),
@@ -246,8 +250,7 @@ class LivenessGuard(Watchdog):
     @staticmethod
     def _hold_valid(source: WatchedSource, reason: str) -> bool:
         if reason == "in_flight":
-            scheduler = source.scheduler
-            return scheduler.buffered > scheduler.max_buffered // 2
+            return not source.scheduler.below_low_mark
         if reason in PAUSE_REASONS:
             return any(g.blocked() for g in source.gates.gates if g.reason == reason)
         return True  # a reason this guard does not know: assume it holds
@@ -268,12 +271,20 @@ class LivenessGuard(Watchdog):
             view.highwater,
             view.committed,
         )
-        source = next(s for s in self.sources if s.agent == view.agent)
+        await self._reread(view, "probed")
+        self.detector.restart(view, now)
+
+    async def _reread(self, view: PartitionView, action: str) -> None:
+        """Resume the partition and seek it to its committed offset (the start if it has none);
+        its tracker starts afresh so the re-read offsets are taken, not refused as re-fetches."""
+        source = self._source(view)
         tp = TP(view.topic, view.partition)
         source.scheduler.tracker.forget([tp])
         await self.app.vigil_consumer.refetch(tp, view.committed if view.committed is not None else 0)
-        metrics.PARTITION_RECOVERIES.labels(view.agent, "probed").inc()
-        self.detector.restart(view, now)
+        metrics.PARTITION_RECOVERIES.labels(view.agent, action).inc()
+
+    def _source(self, view: PartitionView) -> WatchedSource:
+        return next(s for s in self.sources if s.agent == view.agent)
 
     async def _act(self, view: PartitionView, now: float) -> None:
         verdict = view.verdict()
@@ -288,7 +299,7 @@ class LivenessGuard(Watchdog):
             )
         if verdict == "waiting":
             return
-        source = next(s for s in self.sources if s.agent == view.agent)
+        source = self._source(view)
         consumer = self.app.vigil_consumer
         for reason in sorted(view.held - view.held_valid):
             log.warning(
@@ -299,16 +310,13 @@ class LivenessGuard(Watchdog):
                 source.scheduler.paused = False
             metrics.PARTITION_RECOVERIES.labels(view.agent, "released").inc()
         if verdict == "recover":
-            tp = TP(view.topic, view.partition)
             log.warning(
                 "liveness guard: resuming %s[%d] and seeking it to its committed offset %s",
                 view.topic,
                 view.partition,
                 view.committed,
             )
-            source.scheduler.tracker.forget([tp])
-            await consumer.refetch(tp, view.committed if view.committed is not None else 0)
-            metrics.PARTITION_RECOVERIES.labels(view.agent, "resumed").inc()
+            await self._reread(view, "resumed")
         self.detector.restart(view, now)
 
 

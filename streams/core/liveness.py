@@ -45,7 +45,7 @@ class PartitionView:
     highwater: int | None
     #: the group's committed offset as this worker last committed or read it
     committed: int | None
-    #: the fetcher's position (None if unknown)
+    #: the fetcher's position (None if unknown; the guard asks it of stalled partitions only)
     position: int | None
     #: (last offset handed to the scheduler, committable offset): changes whenever it moves
     progress: tuple[int | None, int | None]

@@ -155,7 +155,7 @@ class KeyOrderedScheduler(Generic[T]):
                 self._ready.put_nowait(key)
             else:
                 del self._lanes[key]
-        if self.paused and self.buffered <= self.max_buffered // 2:
+        if self.paused and self.below_low_mark:
             self.paused = False
             self._on_resume()
         self._progress.set()
@@ -172,6 +172,11 @@ class KeyOrderedScheduler(Generic[T]):
             await self._progress.wait()
 
     # -- rebalance and shutdown ----------------------------------------------------------
+    @property
+    def below_low_mark(self) -> bool:
+        """Few enough records buffered for fetching to resume (half of ``max_buffered``)."""
+        return self.buffered <= self.max_buffered // 2
+
     def buffered_of(self, tp: TP) -> int:
         """Records of ``tp`` queued or running (counted from the lanes, read by the liveness guard)."""
         return sum(len(lane) for (lane_tp, _), lane in self._lanes.items() if lane_tp == tp)
@@ -219,7 +224,7 @@ class KeyOrderedScheduler(Generic[T]):
             while self.running(tps):  # workers observe the cancellation on their next step
                 self._progress.clear()
                 await self._progress.wait()
-        if self.paused and self.buffered <= self.max_buffered // 2:
+        if self.paused and self.below_low_mark:
             self.paused = False
             self._on_resume()
         return len(late)
