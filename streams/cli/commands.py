@@ -469,3 +469,6 @@ def schemas(out: Path | None) -> None:
 def add_command(command: Callable[..., Any]) -> None:
     """For layers above the runtime (``agents.cli``) to extend ``vigil``."""
     cli.add_command(command)  # type: ignore[arg-type]
+
+
+from streams.cli import sources as _sources  # noqa: E402,F401

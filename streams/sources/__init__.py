@@ -1,0 +1,2 @@
+"""Sources: long-running producers that turn the outside world into versioned events
+(``streams.sources.base.Source``); ``vigil source NAME`` runs one."""
