@@ -5,6 +5,7 @@
 #   mvn                  resolves the Kafka jars from Maven Central     maven
 #   promtool, prometheus alert-rule tests and a real scrape test        prometheus
 #   python3 venv         creates .venv (skipped once .venv exists)      python3-venv
+#   postgres, initdb     the CDC tests' and demo's PostgreSQL server    postgresql
 #
 # Everything present: exits 0 at once and prints nothing. Something missing: as root, runs
 # `apt-get update` and `apt-get install` (noninteractive); otherwise prints one line naming the
@@ -49,6 +50,10 @@ major="$(java_major || true)"
 if [ -z "$major" ] || [ "$major" -lt 17 ]; then missing+=("$(java_package)"); fi
 command -v mvn >/dev/null || missing+=(maven)
 if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then missing+=(prometheus); fi
+# Debian keeps the server binaries off PATH, under /usr/lib/postgresql/<major>/bin.
+if ! compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null && ! command -v postgres >/dev/null; then
+  missing+=(postgresql)
+fi
 if [ ! -x "$venv/bin/python" ] && ! "$python" -c "import venv, ensurepip" 2>/dev/null; then
   missing+=(python3-venv)
 fi
