@@ -471,4 +471,5 @@ def add_command(command: Callable[..., Any]) -> None:
     cli.add_command(command)  # type: ignore[arg-type]
 
 
+from streams.cli import gateway as _gateway  # noqa: E402,F401
 from streams.cli import sources as _sources  # noqa: E402,F401
