@@ -350,5 +350,5 @@ def test_settings_refuse_value_and_file(monkeypatch: pytest.MonkeyPatch, tmp_pat
 def test_unconfigured_routes_have_no_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("VIGIL_GITHUB_WEBHOOK_SECRET", "VIGIL_SLACK_SIGNING_SECRET", "VIGIL_WEBHOOK_SOURCES"):
         monkeypatch.delenv(name, raising=False)
-    config = GatewaySettings(_env_file=None)  # type: ignore[call-arg]
+    config = GatewaySettings(_env_file=None)
     assert config.github_secrets() == [] and config.slack_secrets() == []
