@@ -17,3 +17,6 @@ from streams.cli.commands import VigilGroup, cli
 def source_group() -> None:
     """Run a source: turn files, schedules or database changes into events (until SIGTERM)."""
     logging.getLogger("streams.sources").setLevel(logging.INFO)
+
+
+from streams.cli import source_cdc as _source_cdc  # noqa: E402,F401 - postgres, debezium
