@@ -13,6 +13,7 @@ from .errors import (
 )
 from .payload import Payload
 from .registry import Registry, registry
+from .sources import FileCreatedV1, FileDeletedV1, FileModifiedV1, ScheduleTickV1
 from .versioning import join_type, split_type
 
 __all__ = [
@@ -20,11 +21,15 @@ __all__ = [
     "ChatMessageReceivedV2",
     "ChatReplyRequestedV1",
     "Envelope",
+    "FileCreatedV1",
+    "FileDeletedV1",
+    "FileModifiedV1",
     "InvalidEnvelopeError",
     "InvalidPayloadError",
     "Payload",
     "RawEnvelope",
     "Registry",
+    "ScheduleTickV1",
     "SchemaError",
     "UnknownTypeError",
     "UnknownVersionError",
