@@ -24,7 +24,7 @@ import faust.streams as faust_streams
 from faust.types import EventT, StreamT
 
 from streams import kafka
-from streams.adapter import observability, recovery, transactions
+from streams.adapter import idle, observability, recovery, transactions
 from streams.adapter.app import VigilApp, create_app
 from streams.adapter.consumer import VigilConsumer
 from streams.adapter.transactional_effects import TransactionalEffects
@@ -233,8 +233,15 @@ def build_app(settings: Settings, specs: Sequence[AgentSpec], resources: Mapping
     return app
 
 
-def run_worker(settings: Settings, runtime: Runtime, agent_names: Sequence[str] | None = None) -> None:
-    """Run until SIGTERM/SIGINT. Creates missing topics first, so a fresh broker just works."""
+def run_worker(
+    settings: Settings,
+    runtime: Runtime,
+    agent_names: Sequence[str] | None = None,
+    exit_when_idle: float | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT, or with ``exit_when_idle`` until the backlog is handled and
+    committed and no record came for that many seconds (``streams.adapter.idle``; exit 0).
+    Creates missing topics first, so a fresh broker just works."""
     specs = runtime.select(agent_names)
     if not specs:
         raise ConfigError("no agents to run: import a module that declares agents (see agents/)")
@@ -253,6 +260,8 @@ def run_worker(settings: Settings, runtime: Runtime, agent_names: Sequence[str] 
     obs.readiness.checks.append(guard.stalled_reason)
     app.downstream_lag_reader = obs.lag.downstream_lag
     worker = VigilWorker(app, loglevel=settings.log_level.upper(), quiet=True, loop=loop)
+    if exit_when_idle is not None:
+        idle.install(app, worker, exit_when_idle)
     # The worker leaves these loggers at DEBUG: every record would build log records that the
     # handlers then drop (about 5% of a no-op agent's CPU, measured by ops/bench).
     level = logging.getLevelName(settings.log_level.upper())

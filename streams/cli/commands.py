@@ -77,8 +77,17 @@ def cli() -> None:
     multiple=True,
     help="Import this module first (it declares more agents); repeatable.",
 )
+@click.option(
+    "--exit-when-idle",
+    "exit_when_idle",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Exit 0 once every assigned partition is handled and committed and no record came for SECONDS.",
+)
 @click.pass_context
-def worker(ctx: click.Context, agent_names: str | None, modules: tuple[str, ...]) -> None:
+def worker(
+    ctx: click.Context, agent_names: str | None, modules: tuple[str, ...], exit_when_idle: float | None
+) -> None:
     """Run a worker for the agents (joins the consumer group VIGIL_APP_ID)."""
     import importlib
 
@@ -94,7 +103,7 @@ def worker(ctx: click.Context, agent_names: str | None, modules: tuple[str, ...]
     names = [n.strip() for n in agent_names.split(",") if n.strip()] if agent_names else None
     if names is not None and not names:
         raise click.BadParameter("no agent names given", param_hint="--agents")
-    run_worker(settings_of(ctx), runtime, names)
+    run_worker(settings_of(ctx), runtime, names, exit_when_idle=exit_when_idle)
 
 
 # -- send -------------------------------------------------------------------------------------
