@@ -16,9 +16,10 @@
 - **Checkpoint.** Per schedule ``{"after": <UTC ISO>}``: every slot up to it was emitted (or
   skipped by policy). A schedule seen for the first time starts at its takeover; nothing is
   back-filled.
-- **Missed slots.** Slots that came due less than ``VIGIL_SESSION_TIMEOUT`` seconds before a
-  takeover (a failover or rebalance) fire as usual; older ones, from while no instance ran,
-  follow the schedule's ``catchup_window`` and ``overlap`` (``streams.sources.cron.plan``).
+- **Missed slots.** Slots that came due less than three times ``VIGIL_SESSION_TIMEOUT`` s before
+  a takeover (what a failover or a rebalance takes) fire as usual; older ones, from while no
+  instance ran, follow the schedule's ``catchup_window`` and ``overlap``
+  (``streams.sources.cron.plan``).
 - ``vigil_source_lag{kind="slots_behind"}``: due slots not yet emitted.
 """
 
@@ -82,7 +83,7 @@ class SchedulesSource(Source):
         self.group_id = settings.topic(f"{settings.app_id}-source-schedules-{name}")
         #: schedules this instance emits -> the moment from which their slots count as on time
         self.owned: dict[str, datetime] = {}
-        self.takeover_grace = timedelta(seconds=settings.session_timeout)
+        self.takeover_grace = timedelta(seconds=3 * settings.session_timeout)
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
 
