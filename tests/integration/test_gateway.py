@@ -6,6 +6,7 @@ only after the broker acknowledged them."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import time
 import uuid
@@ -505,3 +506,44 @@ async def test_in_flight_limit_answers_503(gw: Running, http: aiohttp.ClientSess
 
 async def _in_flight(running: Running) -> bool:
     return running.gateway._in_flight >= 1
+
+
+def large(request: dict[str, Any]) -> dict[str, Any]:
+    return {**request, "data": io.BytesIO(request["data"])}  # aiohttp warns on large raw bytes
+
+
+async def test_a_body_at_the_default_limit_fits_in_one_record(
+    kafka_bootstrap: str, http: aiohttp.ClientSession
+) -> None:
+    """1 MiB of body plus the envelope is more than Kafka's default 1 MB record: the gateway
+    creates its topics with a larger max.message.bytes and sends it whole."""
+    settings = Settings(
+        kafka_bootstrap=kafka_bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:10]}.", partitions=1
+    )
+    big = await start(
+        settings,
+        config(
+            webhook_max_bytes=1 << 20,
+            webhook_sources={"plain": SourceConfig(secrets=[SecretStr(PLAIN_SECRET)])},
+        ),
+    )
+    try:
+        prefix = b'{"blob": "'
+        body = prefix + b"x" * ((1 << 20) - len(prefix) - 2) + b'"}'
+        assert len(body) == 1 << 20
+        async with http.post(
+            f"{big.url}/webhooks/generic/plain", **large(standard(body, secret=PLAIN_SECRET))
+        ) as response:
+            assert response.status == 202, await response.text()
+        (record,) = await records(settings, "webhooks.plain.v1")
+        assert len(record.value) > 1 << 20
+        async with http.post(
+            f"{big.url}/webhooks/generic/plain", **large(standard(body + b" ", secret=PLAIN_SECRET))
+        ) as response:
+            assert response.status == 413
+    finally:
+        await big.stop()
+        async with admin(settings) as client:
+            await client.delete_topics(
+                [t for t in await client.list_topics() if t.startswith(settings.topic_prefix)]
+            )

@@ -352,3 +352,37 @@ def test_unconfigured_routes_have_no_secrets(monkeypatch: pytest.MonkeyPatch) ->
         monkeypatch.delenv(name, raising=False)
     config = GatewaySettings(_env_file=None)
     assert config.github_secrets() == [] and config.slack_secrets() == []
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"a": None, "nested": {"b": [1, 2.5, None, True]}, "é": "ünïcode ✨", "big": 10**20},
+        {"text": 'quotes " and \\ backslashes\n and control \x01', "empty": {}},
+    ],
+)
+def test_record_bytes_are_codecs(data: dict[str, object]) -> None:
+    """The gateway serialises envelopes itself (faster); the bytes must be codec.encode's."""
+    from schemas import RawEnvelope
+    from streams.core import codec
+
+    routed = events.Routed(
+        "webhooks.x.v1", "webhooks.x.received.v1", "msg_1", "subj", "vigil/gateway/x", data
+    )
+    record = events.record(routed, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    envelope = codec.decode(record.value)
+    assert envelope.data == data and envelope.subject == "subj"
+    assert codec.encode(envelope) == record
+    assert isinstance(RawEnvelope.model_validate_json(record.value), RawEnvelope)
+
+
+def test_record_refuses_fields_the_envelope_cannot_hold() -> None:
+    routed = events.Routed("webhooks.x.v1", "webhooks.x.received.v1", "m" * 300, "s", "vigil/gateway/x", {})
+    with pytest.raises(PayloadError, match="id"):
+        events.record(routed)
+
+
+@pytest.mark.parametrize("body", [b'{"a": NaN}', b'{"a": Infinity}', b'{"a": -Infinity}'])
+def test_json_extensions_are_malformed(body: bytes) -> None:
+    with pytest.raises(PayloadError):
+        events.parse_json(body)

@@ -13,18 +13,17 @@ import contextlib
 import logging
 import re
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.admin import NewTopic
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, TopicAlreadyExistsError
 from prometheus_client.aiohttp import make_aiohttp_handler
-from pydantic import ValidationError
 
-from schemas import RawEnvelope
-from streams.core import codec
 from streams.core.errors import BrokerUnavailableError
 from streams.core.settings import Settings
 from streams.kafka import client as kafka
@@ -46,6 +45,8 @@ RETRY_AFTER_UNAVAILABLE = "5"
 RETRY_AFTER_OVERLOADED = "1"
 ACKED_IDS = 10_000  # recently acknowledged (topic, id): a sender's retry is answered, not re-sent
 TOPIC_TIMEOUT = 10.0
+BATCH_BYTES = 256 * 1024
+ENVELOPE_BYTES = 64 * 1024
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 _READY_TTL = 2.0
 
@@ -81,7 +82,7 @@ class Gateway:
         self._github = config.github_secrets()
         self._slack = config.slack_secrets()
         self._sources = {name: (cfg, cfg.keys()) for name, cfg in config.webhook_sources.items()}
-        self._producer: AIOKafkaProducer | None = None
+        self._producers: list[AIOKafkaProducer] = []
         self._connecting: asyncio.Task[None] | None = None
         self._topics: set[str] = set()
         self._topic_lock = asyncio.Lock()
@@ -90,6 +91,8 @@ class Gateway:
         self._ready_at = -_READY_TTL
         self._ready = False
         self._configured = self.routes()
+        # the envelope around a body: its attributes, and JSON escapes a form body may gain
+        self._max_record_bytes = max(1 << 20, 2 * config.webhook_max_bytes + ENVELOPE_BYTES)
 
     # -- what is served -------------------------------------------------------------------------
     def routes(self) -> dict[str, bool]:
@@ -124,9 +127,9 @@ class Gateway:
             self._connecting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._connecting
-            if self._producer is not None:
-                await self._producer.stop()
-                self._producer = None
+            producers, self._producers = self._producers, []
+            for producer in producers:
+                await producer.stop()
             metrics.KAFKA_READY.set(0)
 
     # -- Kafka ----------------------------------------------------------------------------------
@@ -138,29 +141,40 @@ class Gateway:
             names.extend(f"github.{e}.v1" for e in GITHUB_TOPICS_AT_START)
         return [self.settings.topic(n) for n in names]
 
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            # a batch not acknowledged by then fails instead of landing long after its 503
+            request_timeout_ms=max(1000, int(self.config.gateway_send_timeout * 1000)),
+            # aiokafka keeps one open batch per partition and makes every later send wait for
+            # its drain: 16 KB (the default) is four webhooks, a ceiling of its own
+            max_batch_size=BATCH_BYTES,
+            max_request_size=self._max_record_bytes,
+        )
+
     async def _connect(self) -> None:
-        """Start the producer, retrying until Kafka answers; webhooks get 503 until then."""
+        """Start the producers, retrying until Kafka answers; webhooks get 503 until then.
+        Several producers: aiokafka has one produce request in flight per broker connection,
+        so one producer makes every webhook wait for the previous round trip to finish."""
         delay = 0.5
         while True:
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self.settings.kafka_bootstrap,
-                acks="all",
-                enable_idempotence=True,
-                # a batch not acknowledged by then fails instead of landing long after its 503
-                request_timeout_ms=max(1000, int(self.config.gateway_send_timeout * 1000)),
-            )
+            producers = [self._new_producer() for _ in range(self.config.gateway_producers)]
             try:
-                await asyncio.wait_for(producer.start(), kafka.START_TIMEOUT)
+                for producer in producers:
+                    await asyncio.wait_for(producer.start(), kafka.START_TIMEOUT)
                 await self._ensure_topics(self._topics_at_start())
             except (KafkaError, OSError, TimeoutError, BrokerUnavailableError) as exc:
-                await producer.stop()
+                for producer in producers:
+                    await producer.stop()
                 log.warning(
                     "Kafka at %s not ready (%s); retrying", self.settings.kafka_bootstrap, type(exc).__name__
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            self._producer = producer
+            self._producers = producers
             metrics.KAFKA_READY.set(1)
             log.info("connected to Kafka at %s", self.settings.kafka_bootstrap)
             return
@@ -172,38 +186,45 @@ class Gateway:
         async with self._topic_lock:
             missing = [t for t in missing if t not in self._topics]
             if missing:
-                await asyncio.wait_for(kafka.create_topics(self.settings, missing), TOPIC_TIMEOUT)
+                await asyncio.wait_for(self._create_topics(missing), TOPIC_TIMEOUT)
                 self._topics.update(missing)
+
+    async def _create_topics(self, names: list[str]) -> None:
+        """Like ``streams.kafka.client.create_topics``, with ``max.message.bytes`` raised so a
+        body at the size limit still fits in one record (the broker's default is 1 MB)."""
+        configs = {"max.message.bytes": str(self._max_record_bytes)}
+        async with kafka.admin(self.settings) as client:
+            existing = set(await client.list_topics())
+            new = [
+                NewTopic(n, self.settings.partitions, self.settings.replication_factor, topic_configs=configs)
+                for n in names
+                if n not in existing
+            ]
+            if new:
+                with contextlib.suppress(TopicAlreadyExistsError):  # another gateway won the race
+                    await client.create_topics(new)
 
     async def _enqueue(self, routed: Routed, request: web.Request) -> tuple[web.Response, str]:
         seen = (routed.topic, routed.id)
         if seen in self._acked:
             self._acked.move_to_end(seen)
             return web.json_response({"id": routed.id, "duplicate": True}, status=202), "duplicate"
-        try:
-            envelope = RawEnvelope(
-                id=routed.id,
-                source=routed.source,
-                type=routed.type,
-                subject=routed.subject,
-                data=routed.data,
-                traceparent=_traceparent(request),
-            )
-        except ValidationError as exc:
-            where = ".".join(str(p) for p in exc.errors()[0]["loc"])
-            raise Rejection(400, "malformed", f"cannot build the event: {where} is invalid") from None
-        producer = self._producer
-        if producer is None:
+        record = events.record(routed, _traceparent(request))
+        producers = self._producers
+        if not producers:
             raise _unavailable("Kafka is not reachable yet")
-        record = codec.encode(envelope)
+        # one subject, one producer: its records keep their order on the partition
+        producer = producers[zlib.crc32(record.key or b"") % len(producers)]
         topic = self.settings.topic(routed.topic)
         try:
             await self._ensure_topics([topic])
-            future = await asyncio.wait_for(
-                producer.send(topic, value=record.value, key=record.key, headers=record.headers),
-                self.config.gateway_send_timeout,
-            )
-            await asyncio.wait_for(future, self.config.gateway_send_timeout)
+            async with asyncio.timeout(self.config.gateway_send_timeout):  # one deadline, no extra task
+                future = await producer.send(
+                    topic, value=record.value, key=record.key, headers=record.headers
+                )
+                await future
+        except MessageSizeTooLargeError:  # a topic made elsewhere with a smaller max.message.bytes
+            raise Rejection(413, "too_large", "the event is larger than its topic accepts") from None
         except (KafkaError, OSError, TimeoutError, BrokerUnavailableError) as exc:
             log.warning("Kafka did not acknowledge a %s event (%s)", routed.topic, type(exc).__name__)
             raise _unavailable("Kafka did not acknowledge the event in time") from None
@@ -343,7 +364,7 @@ class Gateway:
 
     async def ready(self) -> bool:
         """The producer is connected and a metadata request to Kafka answers (cached 2 s)."""
-        if self._producer is None:
+        if not self._producers:
             return False
         now = time.monotonic()
         if now - self._ready_at >= _READY_TTL:

@@ -11,7 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
+from pydantic import ValidationError
+
+from schemas import RawEnvelope
 from schemas.errors import VigilError
+from streams.core.codec import EncodedRecord
 
 _NAME = re.compile(r"^[a-z0-9_]{1,100}$")  # GitHub event and action names go into topic names
 
@@ -36,10 +40,39 @@ class Routed:
     data: dict[str, Any]
 
 
-def parse_json(body: bytes) -> dict[str, Any]:
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def record(routed: Routed, traceparent: str | None = None) -> EncodedRecord:
+    """The Kafka record of a routed webhook: the bytes ``streams.core.codec.encode`` makes of
+    the same ``RawEnvelope`` (a unit test pins them equal), serialised by pydantic in one pass;
+    codec's path for dict data (``model_dump``, then ``json.dumps``) costs four times as much
+    on a 3 KB webhook, a quarter of the gateway's own CPU per request."""
     try:
-        value = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        envelope = RawEnvelope(
+            id=routed.id,
+            source=routed.source,
+            type=routed.type,
+            subject=routed.subject,
+            data=routed.data,
+            traceparent=traceparent,
+        )
+    except ValidationError as exc:
+        where = ".".join(str(p) for p in exc.errors()[0]["loc"])
+        raise PayloadError("malformed", f"cannot build the event: {where} is invalid") from None
+    return EncodedRecord(
+        key=envelope.subject.encode(),
+        value=envelope.model_dump_json(exclude_none=True).encode(),
+        headers=[("ce_id", envelope.id.encode()), ("ce_type", envelope.type.encode())],
+    )
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    """An object in strict JSON: Python's extensions (``NaN``, ``Infinity``) are refused."""
+    try:
+        value = json.loads(body, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError):
         raise PayloadError("malformed", "body is not JSON") from None
     if not isinstance(value, dict):
         raise PayloadError("malformed", f"body is JSON {type(value).__name__}, not an object")

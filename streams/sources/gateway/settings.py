@@ -71,6 +71,12 @@ class GatewaySettings(BaseSettings):
     gateway_max_in_flight: int = Field(
         512, ge=1, description="Webhook requests handled at once; beyond that 503 + Retry-After"
     )
+    gateway_producers: int = Field(
+        4,
+        ge=1,
+        le=32,
+        description="Kafka producers (connections) to send through; a subject always uses the same one",
+    )
     gateway_send_timeout: float = Field(
         2.0, gt=0, description="Seconds to wait for the broker's ack (Slack wants an answer in 3 s)"
     )
