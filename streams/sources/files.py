@@ -127,6 +127,7 @@ class FilesSource(Source):
         self.topic = f"files.{name}.v1"
         self.cloud_source = f"vigil/files/{name}"
         self.pending: dict[str, Pending] = {}
+        self._root_prefix = os.path.join(str(self.root), "")
         self._dirty: set[str] = set()  # paths the watcher reported since the last check
 
     # -- configuration -----------------------------------------------------------------------
@@ -142,6 +143,7 @@ class FilesSource(Source):
         except OSError as exc:
             raise ConfigError(f"cannot watch {root}: {exc.strerror or exc}") from None
         self.root = root.resolve()
+        self._root_prefix = os.path.join(str(self.root), "")
 
     def topics(self) -> list[str]:
         return [self.topic]
@@ -184,12 +186,13 @@ class FilesSource(Source):
             for _change, path in changes:
                 self._dirty.add(path)
 
-    def _rel(self, path: str | Path) -> str | None:
-        try:
-            rel = Path(path).relative_to(self.root).as_posix()
-        except ValueError:
+    def _rel(self, path: str) -> str | None:
+        """``path`` relative to the root, "/"-separated; None outside it (or the root itself)."""
+        root = self._root_prefix
+        if not path.startswith(root):
             return None
-        return rel if rel != "." else None
+        rel = path[len(root) :]
+        return rel.replace(os.sep, "/") if os.sep != "/" else rel
 
     def _scan(self) -> None:
         """Every regular file under the root that differs from the cursor becomes pending;
@@ -313,15 +316,18 @@ class FilesSource(Source):
         return [(rel, data, cursor)]
 
     async def _send_batch(self, batch: list[tuple[str, Any, dict[str, Any] | None]]) -> None:
-        """Creates and modifications are first written to the checkpoint as *intents*
-        (``pending``: the type), acknowledged before the events go out: a source killed
-        after sending but before its checkpoint moved still knows the path on restart, so a
-        file deleted meanwhile gets its ``file.deleted.v1`` and one still there is sent again
-        with the same id and type. The intents are replaced once the events are acked."""
+        """A new path is first written to the checkpoint as an *intent* (``pending``: the
+        event type), acknowledged before its event goes out: a source killed after sending but
+        before its checkpoint moved still knows the path on restart, so a file deleted
+        meanwhile gets its ``file.deleted.v1`` and one still there is sent again with the same
+        id and type. (A known path needs none: its old cursor entry does the same.) Intents are
+        replaced by the cursor once the events are acked."""
         if not batch:
             return
         intents = {
-            rel: {**cursor, "pending": data.event_type} for rel, data, cursor in batch if cursor is not None
+            rel: {**cursor, "pending": data.event_type}
+            for rel, data, cursor in batch
+            if cursor is not None and rel not in self.checkpoint
         }
         if intents:
             await self.flush()  # nothing older for these keys is still queued behind them
