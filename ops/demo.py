@@ -159,6 +159,9 @@ def main() -> int:
                 f"    reason={h['vigil_reason']} origin={h['vigil_origin_topic']}[{h['vigil_origin_partition']}]"
                 f"@{h['vigil_origin_offset']} error={h['vigil_error_message']!r} value={r.value!r}"
             )
+        import demo_cdc  # ops/demo_cdc.py: a PostgreSQL row wakes an agent
+
+        demo_cdc.run(logs)
         return 0
     finally:
         for proc, name in reversed(started):

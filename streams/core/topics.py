@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from schemas import split_type
+from schemas.cdc import OP_NAMES
 from streams.core.errors import ConfigError
 
 
@@ -24,10 +25,22 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         "chat.messages.v1", ("chat.message.received",), "Incoming chat messages, key = conversation id"
     ),
     TopicSpec("chat.replies.v1", ("chat.reply.requested",), "Replies requested by the support agent"),
-    TopicSpec("schedules.v1", ("schedule.tick",), "Ticks of vigil source schedules, key = schedule name"),
 )
 
 DLQ_PREFIX = "dlq."
+
+
+def cdc_topic(name: str) -> TopicSpec | None:
+    """A database change topic ``db.<schema>.<table>.v1`` (``streams.sources.cdc``): one per
+    table, carrying every op of it, key = primary key. Tables are many and not known here, so
+    these are recognised by name rather than listed."""
+    parts = name.split(".")
+    if len(parts) != 4 or parts[0] != "db" or parts[3] != "v1" or not all(parts[1:3]):
+        return None
+    table = ".".join(parts[:3])
+    return TopicSpec(
+        name, tuple(f"{table}.{op}" for op in OP_NAMES.values()), "Row changes, key = primary key"
+    )
 
 
 def dlq_topic(agent: str) -> TopicSpec:
@@ -40,6 +53,8 @@ def by_name(name: str) -> TopicSpec:
     for spec in CATALOGUE:
         if spec.name == name:
             return spec
+    if (cdc := cdc_topic(name)) is not None:
+        return cdc
     raise ConfigError(f"topic {name!r} is not in the catalogue ({', '.join(s.name for s in CATALOGUE)})")
 
 
@@ -49,4 +64,6 @@ def for_type(type_: str) -> TopicSpec:
     for spec in CATALOGUE:
         if base in spec.types:
             return spec
+    if base.startswith("db.") and base.count(".") == 3 and base.rsplit(".", 1)[1] in OP_NAMES.values():
+        return by_name(f"{base.rsplit('.', 1)[0]}.v1")
     raise ConfigError(f"no topic in the catalogue carries event type {type_!r}")

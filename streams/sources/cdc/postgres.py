@@ -13,7 +13,8 @@ straight into ``db.<schema>.<table>.v1`` topics, without Kafka Connect.
   ``send_feedback(flush_lsn=...)``. PostgreSQL resends every transaction past the confirmed LSN
   after a crash, with the same event ids (``decoder``), so downstream dedup absorbs the repeats.
   While idle with everything confirmed, the flush LSN follows the server's WAL end, so WAL of
-  other tables is not retained.
+  other tables is not retained. The checkpoint also names the server, database and slot it
+  belongs to (``identity``); a new slot or another server's checkpoint starts from the slot.
 - **Snapshot** (``--snapshot``): the slot is created with an exported snapshot, existing rows are
   read in that snapshot (``op = r``), then streaming starts at the slot's consistent point: no
   change is missed or doubled between the two. The checkpoint key ``snapshot`` = ``done`` is
@@ -101,6 +102,7 @@ class _Reader:
         self.confirmed = 0  # set by the loop: every event up to this LSN is acknowledged
         self.handed = 0  # end LSN of the last transaction handed to the loop
         self.catalog: Any = None
+        self.identity = ""  # "<system id>/<database>/<slot>", known once connected
 
     # -- hand-off ----------------------------------------------------------------------------
     def put(self, items: list[Item | _Snapshot | _Lag]) -> None:
@@ -165,10 +167,15 @@ class _Reader:
         cur.execute("IDENTIFY_SYSTEM")
         system_id, _, _, dbname = cur.fetchone()
         identity = f"{system_id}/{dbname}/{cfg.slot}"
+        self.identity = identity
         decoder = Decoder(identity, dbname, self.key_columns)
-        start_lsn = int(self.source.checkpoint.get("lsn", 0) or 0)
+        checkpoint = self.source.checkpoint
+        # the checkpoint's LSN counts only for this server, database and slot (a checkpoint
+        # topic outliving its database must not make a new server skip its first transactions)
+        ours = checkpoint.get("identity") == identity
+        start_lsn = int(checkpoint.get("lsn", 0) or 0) if ours else 0
         exists = self._slot_exists()
-        if cfg.snapshot and self.source.checkpoint.get("snapshot") != "done":
+        if cfg.snapshot and not (ours and checkpoint.get("snapshot") == "done"):
             if exists:
                 log.warning(
                     "source %s: slot %s exists but its snapshot never finished: dropping it "
@@ -187,6 +194,7 @@ class _Reader:
             self._read_snapshot(snapshot_name, identity, dbname, start_lsn)
             self.put([_Snapshot(start_lsn)])
         elif not exists:
+            start_lsn = 0  # a new slot starts at its own consistent point
             try:
                 cur.create_replication_slot(cfg.slot, output_plugin="pgoutput")
             except psycopg2.Error as exc:
@@ -402,9 +410,9 @@ class PostgresSource(Source):
                             await self._create_topic(change.topic)
                         await self.emit(change.topic, envelope(change, id=item.id, source=source))
                     elif isinstance(item, Committed):
-                        self.stage({"lsn": item.end_lsn})
+                        self.stage({"lsn": item.end_lsn, "identity": reader.identity})
                     elif isinstance(item, _Snapshot):
-                        self.stage({"snapshot": "done", "lsn": item.lsn})
+                        self.stage({"snapshot": "done", "lsn": item.lsn, "identity": reader.identity})
                         log.info(
                             "source %s: snapshot read; streaming from %s", self.label, _lsn_text(item.lsn)
                         )
