@@ -25,6 +25,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         "chat.messages.v1", ("chat.message.received",), "Incoming chat messages, key = conversation id"
     ),
     TopicSpec("chat.replies.v1", ("chat.reply.requested",), "Replies requested by the support agent"),
+    TopicSpec("schedules.v1", ("schedule.tick",), "Ticks of vigil source schedules, key = schedule name"),
 )
 
 DLQ_PREFIX = "dlq."
