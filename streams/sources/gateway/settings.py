@@ -48,7 +48,10 @@ Port = Annotated[int, Field(ge=0, le=65535)]
 
 
 class GatewaySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="VIGIL_", env_file=".env", extra="ignore", frozen=True)
+    # an empty variable counts as unset: docker-compose passes ${VAR:-} through as ""
+    model_config = SettingsConfigDict(
+        env_prefix="VIGIL_", env_file=".env", extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     github_webhook_secret: SecretStr | None = Field(
         None, description="GitHub webhook secret(s), comma separated while rotating"
