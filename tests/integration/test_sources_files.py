@@ -120,8 +120,10 @@ def test_sigkill_mid_stream_then_restart_loses_nothing_and_reuses_ids(cluster: C
             time.sleep(0.01)  # about 100 files/s: the kill lands mid-stream
 
     writer = threading.Thread(target=write_all)
-    first = start_files(cluster, "files-1", inbox, *args, **env)
-    writer.start()
+    port = free_port()
+    first = start_files(cluster, "files-1", inbox, *args, **env, VIGIL_METRICS_PORT=str(port))
+    wait_for(lambda: get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 30, "the first source's /readyz")
+    writer.start()  # the source is up: the writer outlasts the kill
     try:
         cluster.wait_records(TOPIC, 60, timeout=60, procs=[first])
         first.stop(signal.SIGKILL)
