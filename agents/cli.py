@@ -7,6 +7,7 @@ import click
 
 import agents  # noqa: F401 - declares the agents and the llm resource
 from streams.cli.commands import cli, configure_logging
+from streams.observability import startup
 
 from .fake_llm import Faults, serve
 
@@ -50,5 +51,6 @@ def fake_llm(
 
 
 def main() -> None:
+    startup.mark("imports")
     configure_logging()
     cli(prog_name="vigil")

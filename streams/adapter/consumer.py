@@ -36,6 +36,7 @@ from faust.types import TP
 from streams.adapter.consumer_thread import VigilConsumerThread
 from streams.adapter.transactions import VigilTransactions
 from streams.core.offsets import OffsetTracker
+from streams.observability import startup
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ class VigilConsumer(faust_aiokafka.Consumer):
         Whatever is fetched in between would be dropped by that clear with the position past
         it, so the stream partitions stop fetching here and resume in ``resume_flow``, which
         Faust calls right after the clear."""
+        startup.mark("recovery")  # first call: the first assignment's tables are recovered
         active = self._get_active_partitions()
         streams = {tp for tp in active if not self._is_changelog_tp(tp)}
         active.difference_update(streams)
@@ -136,6 +138,7 @@ class VigilConsumer(faust_aiokafka.Consumer):
         await super().perform_seek()
 
     def pause_partitions(self, tps: Iterable[TP]) -> None:
+        startup.mark("group_join")  # first call: Faust pauses the partitions it was just assigned
         tpset = set(tps)
         super().pause_partitions(tpset)
         self._resume_after_clear.difference_update(tpset)
