@@ -8,12 +8,17 @@ in several rounds so that load from elsewhere on the machine falls on all of the
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+
+from ops.bench.context import say
+from ops.bench.procs import VIGIL, base_env, free_port, healthz
+from ops.bench.records import BenchError
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -96,3 +101,35 @@ async def cpu_per_call(api_base: str, calls: int, rounds: int = 3, warmup: int =
                     await call()
                 cpu[name] += time.process_time() - started
     return {name: total * 1000 / (calls * rounds) for name, total in cpu.items()}
+
+
+async def measure(bench: Any) -> dict[str, Any]:
+    """vi_llm: the fake LLM in its own process, every client against it."""
+    port = free_port()
+    server = bench.spawn("fake-llm", [*VIGIL, "fake-llm", "--port", str(port)], base_env())
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        server.check()
+        try:
+            await asyncio.to_thread(healthz, url)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise BenchError(f"fake LLM did not answer:\n{server.tail()}") from None
+            await asyncio.sleep(0.2)
+    calls = bench.sizes.llm_calls
+    say(f"vi_llm: {calls} x 3 calls per client against the fake LLM")
+    try:
+        ms = await cpu_per_call(f"{url}/v1", calls)
+    finally:
+        server.stop()
+    result: dict[str, Any] = {"calls_per_client": calls * 3}
+    result.update({f"{name}_cpu_ms": round(v, 3) for name, v in ms.items()})
+    result["vigil_vs_litellm"] = round(ms["vigil_client"] / ms["litellm_acompletion"], 3)
+    result["router_vs_litellm"] = round(ms["litellm_router"] / ms["litellm_acompletion"], 3)
+    result["vigil_vs_router"] = round(ms["vigil_client"] / ms["litellm_router"], 3)
+    result["litellm_vs_aiohttp"] = round(ms["litellm_acompletion"] / ms["aiohttp_post"], 3)
+    result["vigil_vs_aiohttp"] = round(ms["vigil_client"] / ms["aiohttp_post"], 3)
+    say(f"vi_llm: {result}")
+    return result

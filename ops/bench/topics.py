@@ -27,6 +27,17 @@ async def create(bootstrap: str, names: Iterable[str], partitions: int) -> None:
         await admin.close()
 
 
+async def delete(bootstrap: str, names: Sequence[str]) -> None:
+    if not names:
+        return
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics(list(names))
+    finally:
+        await admin.close()
+
+
 async def list_topics(bootstrap: str) -> list[str]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -92,10 +103,17 @@ async def assign_at(
     return end
 
 
-async def read_range(bootstrap: str, topic: str, start: Offsets | None = None) -> list[Record]:
+async def read_range(
+    bootstrap: str, topic: str, start: Offsets | None = None, *, committed: bool = False
+) -> list[Record]:
     """Every record of ``topic`` from ``start`` (default: the beginning) to its current end,
-    in partition then offset order."""
-    consumer = _consumer(bootstrap, max_partition_fetch_bytes=4 * 1024 * 1024, auto_offset_reset="earliest")
+    in partition then offset order (``committed``: as a read_committed reader)."""
+    consumer = _consumer(
+        bootstrap,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed" if committed else "read_uncommitted",
+    )
     await consumer.start()
     try:
         end = await assign_at(consumer, topic, start)
