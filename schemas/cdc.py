@@ -6,6 +6,7 @@ advance, so ``change_models(schema, table)`` registers the five types of a table
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any, Literal
 
 from typing_extensions import TypedDict
@@ -19,6 +20,7 @@ Op = Literal["c", "u", "d", "r", "t"]
 _UNSAFE = re.compile(r"[^a-z0-9_]")
 
 
+@lru_cache(maxsize=4096)
 def name_part(identifier: str) -> str:
     """A schema or table name as event types and topic names spell it: lower case, every
     character outside ``[a-z0-9_]`` replaced by ``_`` (``data.source`` keeps the real name)."""

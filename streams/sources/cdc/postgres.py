@@ -300,7 +300,7 @@ class _Reader:
                 confirmed = max(confirmed, int(cur.wal_end or 0))
             if confirmed > flushed or now - sent_feedback > FEEDBACK_SECONDS:
                 flushed = max(flushed, confirmed)
-                cur.send_feedback(flush_lsn=flushed, write_lsn=flushed, apply_lsn=flushed)
+                cur.send_feedback(flush_lsn=flushed, write_lsn=flushed, apply_lsn=flushed, force=True)
                 sent_feedback = now
             if now - last_lag > LAG_SECONDS:
                 last_lag = now
@@ -309,6 +309,10 @@ class _Reader:
                     self.put([_Lag(lag)])
             if msg is None:
                 select.select([cur], [], [], 0.2)
+        if self.confirmed > flushed:  # the final flush of a clean stop
+            cur.send_feedback(
+                flush_lsn=self.confirmed, write_lsn=self.confirmed, apply_lsn=self.confirmed, force=True
+            )
 
 
 def _parse_lsn(text: str) -> int:
@@ -406,9 +410,10 @@ class PostgresSource(Source):
                 for item in getter.result():
                     if isinstance(item, Emitted):
                         change = item.change
-                        if change.topic not in self._topics:  # a table added to the publication
-                            await self._create_topic(change.topic)
-                        await self.emit(change.topic, envelope(change, id=item.id, source=source))
+                        topic = change.topic
+                        if topic not in self._topics:  # a table added to the publication
+                            await self._create_topic(topic)
+                        await self.emit(topic, envelope(change, id=item.id, source=source))
                     elif isinstance(item, Committed):
                         self.stage({"lsn": item.end_lsn, "identity": reader.identity})
                     elif isinstance(item, _Snapshot):
@@ -418,6 +423,8 @@ class PostgresSource(Source):
                         )
                     else:
                         self.set_lag("replication_bytes", item.bytes)
+            # a clean stop: make everything durable, then let the thread confirm it to the slot
+            await self.flush()
         finally:
             reader.stopping.set()
             with contextlib.suppress(Exception):
