@@ -11,8 +11,10 @@ from .errors import (
     UnknownVersionError,
     VigilError,
 )
+from .github import GitHubCommentRequestedV1
 from .payload import Payload
 from .registry import Registry, registry
+from .slack import SlackAppMentionV1, SlackEventCallback, SlackMessageV1, SlackReplyRequestedV1
 from .sources import FileCreatedV1, FileDeletedV1, FileModifiedV1, ScheduleTickV1
 from .versioning import join_type, split_type
 
@@ -24,6 +26,7 @@ __all__ = [
     "FileCreatedV1",
     "FileDeletedV1",
     "FileModifiedV1",
+    "GitHubCommentRequestedV1",
     "InvalidEnvelopeError",
     "InvalidPayloadError",
     "Payload",
@@ -31,6 +34,10 @@ __all__ = [
     "Registry",
     "ScheduleTickV1",
     "SchemaError",
+    "SlackAppMentionV1",
+    "SlackEventCallback",
+    "SlackMessageV1",
+    "SlackReplyRequestedV1",
     "UnknownTypeError",
     "UnknownVersionError",
     "VigilError",

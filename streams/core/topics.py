@@ -26,6 +26,13 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     ),
     TopicSpec("chat.replies.v1", ("chat.reply.requested",), "Replies requested by the support agent"),
     TopicSpec("schedules.v1", ("schedule.tick",), "Ticks of vigil source schedules, key = schedule name"),
+    TopicSpec(
+        "slack.events.v1",
+        ("slack.app_mention", "slack.message"),
+        "Slack Events API callbacks from the gateway, key = channel[:thread_ts]",
+    ),
+    TopicSpec("slack.replies.v1", ("slack.reply.requested",), "Messages for the Slack sink to post"),
+    TopicSpec("github.comments.v1", ("github.comment.requested",), "Comments for the GitHub sink to post"),
 )
 
 DLQ_PREFIX = "dlq."
