@@ -69,7 +69,7 @@ def cli() -> None:
 
 # -- worker -----------------------------------------------------------------------------------
 @cli.command()
-@click.option("--agents", "agent_names", help="Comma-separated agents to run (default: all).")
+@click.option("--agents", "agent_names", help="Comma-separated agents to run (default: all not opt-in).")
 @click.option(
     "-m",
     "--module",

@@ -48,6 +48,9 @@ class AgentSpec:
     #: "continue" handles them; "park" dead-letters them (reason "parked") until
     #: ``vigil dlq release SUBJECT``
     on_dead_letter: OnDeadLetter = "continue"
+    #: run by ``vigil worker`` without ``--agents``; False for integrations a deployment opts
+    #: into by name (each agent costs its topics and tables at start)
+    default: bool = True
 
     @property
     def dlq_topic(self) -> str:
@@ -78,6 +81,7 @@ class Runtime:
         max_buffered: int | None = None,
         retry: Retry | None = None,
         on_dead_letter: OnDeadLetter = "continue",
+        default: bool = True,
     ) -> Callable[[H], H]:
         def register(fn: H) -> H:
             agent_name = name or fn.__name__
@@ -107,6 +111,7 @@ class Runtime:
                 max_buffered=max_buffered,
                 retry=retry or Retry(),
                 on_dead_letter=on_dead_letter,
+                default=default,
             )
             return fn
 
@@ -122,7 +127,7 @@ class Runtime:
 
     def select(self, names: Iterable[str] | None) -> list[AgentSpec]:
         if names is None:
-            return list(self._agents.values())
+            return [spec for spec in self._agents.values() if spec.default]
         chosen = []
         for n in names:
             if n not in self._agents:

@@ -22,7 +22,7 @@ from schemas import VigilError
 
 @runtime_checkable
 class Gate(Protocol):
-    #: label value of ``vigil_paused_partitions{reason}``: circuit_open, budget, downstream_lag
+    #: label value of ``vigil_paused_partitions{reason}``: circuit_open, budget, downstream_lag, rate_limit
     reason: str
 
     def blocked(self) -> bool: ...
@@ -36,7 +36,7 @@ class GateProvider(Protocol):
 
 
 #: label values of ``vigil_paused_partitions{reason}``
-PAUSE_REASONS = ("in_flight", "circuit_open", "budget", "downstream_lag")
+PAUSE_REASONS = ("in_flight", "circuit_open", "budget", "downstream_lag", "rate_limit")
 
 
 class Blocked(VigilError):
