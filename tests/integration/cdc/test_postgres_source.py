@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import urllib.request
 from collections import defaultdict
 from typing import Any
 
 import pytest
 
 from tests.postgres import PostgresServer
-from tests.support import VIGIL, Cluster, Proc, wait_for
+from tests.support import VIGIL, Cluster, Proc, free_port, wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -96,7 +97,8 @@ def test_inserts_updates_deletes_truncate_and_a_large_transaction(
         "CREATE TABLE lines (order_id int, line int, qty int, PRIMARY KEY (order_id, line))",
         dbname=pg_db,
     )
-    proc = _start(cluster, postgres, pg_db, (), "pg", {})
+    port = free_port()
+    proc = _start(cluster, postgres, pg_db, (), "pg", {"VIGIL_METRICS_PORT": str(port)})
     wait_streaming(postgres, pg_db, proc)
     postgres.execute(
         "INSERT INTO orders VALUES (1, 'ada', 10.50, false), (2, 'bob', 3.00, true)", dbname=pg_db
@@ -137,16 +139,51 @@ def test_inserts_updates_deletes_truncate_and_a_large_transaction(
     assert upd["data"]["after"] == {"order_id": 7, "line": 3, "qty": 0}
     assert by_subject(lines)["7/3"][-1]["data"]["op"] == "u"  # order per key: insert, then update
 
+    # idle, the slot follows the server's WAL end: WAL of other databases is not retained
+    postgres.execute(
+        "CREATE TABLE IF NOT EXISTS noise (n int)", "INSERT INTO noise SELECT generate_series(1, 20000)"
+    )
+
+    def slot_lag() -> int:
+        return int(
+            postgres.query(
+                "SELECT pg_current_wal_lsn() - confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %s",
+                (pg_db,),
+                dbname=pg_db,
+            )[0][0]
+        )
+
+    wait_for(lambda: slot_lag() < 16_000, 30, "the idle slot to follow the WAL end")
+
+    def scrape() -> str | None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        line = f'vigil_source_lag{{kind="replication_bytes",source="postgres:{pg_db}"}}'
+        return (
+            text
+            if line in text
+            and f'vigil_source_events_total{{outcome="sent",source="postgres:{pg_db}"}} 506.0' in text
+            else None
+        )
+
+    metrics = wait_for(scrape, 30, "the source's metrics")
+    assert "vigil_source_checkpoints_total" in metrics
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+        assert r.status == 200
+
+    # one more large transaction, and a stop right after its events arrived: the clean stop
+    # confirms it to the slot (nothing to resend)
+    postgres.execute("UPDATE lines SET qty = qty + 1", dbname=pg_db)
+    lines = wait_events(cluster, "db.public.lines.v1", 1001, proc)
     proc.stop()
     assert proc.popen.returncode == 0, proc.log()[-2000:]
-    # the slot's confirmed flush LSN covers the last transaction (the 501 changes of lines, some
-    # 50 kB of WAL, were the last): nothing to resend
-    lag = postgres.query(
-        "SELECT pg_current_wal_lsn() - confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %s",
+    last = max(e["data"]["source"]["lsn"] for e in lines)
+    confirmed = postgres.query(
+        "SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
         (pg_db,),
         dbname=pg_db,
     )[0][0]
-    assert lag < 16_000, lag
+    assert confirmed > last, (confirmed, last)
 
 
 def test_snapshot_reads_existing_rows_then_streams(
