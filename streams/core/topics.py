@@ -51,6 +51,18 @@ def cdc_topic(name: str) -> TopicSpec | None:
     )
 
 
+def files_topic(name: str) -> TopicSpec | None:
+    """A watched directory's topic ``files.<source>.v1`` (``vigil source files --name``): one per
+    source, named by its user, so recognised by name like the change topics."""
+    if not (name.startswith("files.") and name.endswith(".v1")) or len(name) <= len("files..v1"):
+        return None
+    return TopicSpec(
+        name,
+        ("file.created", "file.modified", "file.deleted"),
+        "Files of a watched directory, key = relative path",
+    )
+
+
 def dlq_topic(agent: str) -> TopicSpec:
     return TopicSpec(
         f"{DLQ_PREFIX}{agent}", (), f"Dead letters of agent {agent!r}: original bytes + error headers"
@@ -63,6 +75,8 @@ def by_name(name: str) -> TopicSpec:
             return spec
     if (cdc := cdc_topic(name)) is not None:
         return cdc
+    if (files := files_topic(name)) is not None:
+        return files
     raise ConfigError(f"topic {name!r} is not in the catalogue ({', '.join(s.name for s in CATALOGUE)})")
 
 
