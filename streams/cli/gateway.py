@@ -8,6 +8,7 @@ import logging
 import signal
 
 import click
+from pydantic_settings import SettingsError
 
 from streams.sources.gateway import Gateway, GatewaySettings, bound_port, serve
 
@@ -36,7 +37,13 @@ async def _run(gateway: Gateway, host: str, port: int) -> None:
 @click.pass_context
 def gateway(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Receive GitHub, Slack and Standard Webhooks and put them on Kafka (202 once acked)."""
-    config = GatewaySettings()
+    try:
+        config = GatewaySettings()
+    except SettingsError as exc:  # a complex variable that is not JSON, before any validation
+        parts = str(exc).split('"')  # 'error parsing value for field "webhook_sources" from ...'
+        if len(parts) < 2:
+            raise click.ClickException(f"invalid setting: {exc}") from None
+        raise click.ClickException(f"VIGIL_{parts[1].upper()} is not valid JSON") from None
     try:
         instance = Gateway(settings_of(ctx), config)
     except OSError as exc:  # a *_FILE secret that cannot be read

@@ -6,8 +6,11 @@ only after the broker acknowledged them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
+import os
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,7 +34,7 @@ from streams.sources.gateway.signatures import (
     slack_signature,
     standard_signature,
 )
-from tests.support import free_port
+from tests.support import VIGIL, free_port, start_process
 
 pytestmark = [pytest.mark.kafka, pytest.mark.asyncio(loop_scope="module")]
 
@@ -547,3 +550,41 @@ async def test_a_body_at_the_default_limit_fits_in_one_record(
             await client.delete_topics(
                 [t for t in await client.list_topics() if t.startswith(settings.topic_prefix)]
             )
+
+
+async def test_vigil_gateway_command(gw: Running, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """The CLI process: serves until SIGTERM (exit 0), logs which routes fail closed, and
+    never logs a secret or a body."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
+    env.update(
+        VIGIL_KAFKA_BOOTSTRAP=gw.settings.kafka_bootstrap,
+        VIGIL_TOPIC_PREFIX=gw.settings.topic_prefix,
+        VIGIL_GITHUB_WEBHOOK_SECRET=GH_NEW,
+        VIGIL_WEBHOOK_SOURCES=json.dumps({"alerts": {"secrets": [ALERTS_SECRET], "subject": "/fingerprint"}}),
+        LITELLM_LOCAL_MODEL_COST_MAP="True",
+    )
+    proc = start_process("gateway", [*VIGIL, "gateway", "--port", str(port)], env, tmp_path / "gateway.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        async def ready() -> bool:
+            assert proc.alive(), proc.log()
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(f"{url}/readyz") as response:
+                    return response.status == 200
+            return False
+
+        await until(ready, 60, "vigil gateway /readyz")
+        async with http.post(f"{url}/webhooks/github", **github(PR_OPENED)) as response:
+            assert response.status == 202
+        async with http.post(f"{url}/webhooks/slack", **slack(SLACK_MSG)) as response:
+            assert response.status == 401
+    finally:
+        code = await asyncio.to_thread(proc.stop, signal.SIGTERM, 30)
+    log = proc.log()
+    assert code == 0, log
+    assert "/webhooks/slack fails closed" in log
+    assert "/webhooks/github: verifying signatures" in log
+    assert GH_NEW not in log and ALERTS_SECRET not in log
+    assert "Amazing new feature" not in log and "hubot" not in log

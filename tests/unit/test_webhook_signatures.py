@@ -386,3 +386,31 @@ def test_record_refuses_fields_the_envelope_cannot_hold() -> None:
 def test_json_extensions_are_malformed(body: bytes) -> None:
     with pytest.raises(PayloadError):
         events.parse_json(body)
+
+
+# -- command line -----------------------------------------------------------------------------
+@pytest.mark.timeout(30)  # a configuration that is valid after all would serve forever
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"VIGIL_GITHUB_WEBHOOK_SECRET_FILE": "/nonexistent/secret"}, "cannot read a secret file"),
+        (
+            {"VIGIL_WEBHOOK_SOURCES": '{"alerts": {"secrets": ["whsec_***"]}}'},
+            "invalid setting webhook_sources",
+        ),
+        ({"VIGIL_WEBHOOK_SOURCES": "not json"}, "VIGIL_WEBHOOK_SOURCES is not valid JSON"),
+    ],
+)
+def test_gateway_bad_configuration_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    from click.testing import CliRunner
+
+    from streams.cli.commands import cli
+
+    for name in ("VIGIL_GITHUB_WEBHOOK_SECRET", "VIGIL_WEBHOOK_SOURCES"):
+        monkeypatch.delenv(name, raising=False)
+    result = CliRunner().invoke(cli, ["gateway", "--port", "0"], env=env)
+    assert result.exit_code != 0
+    assert message in result.output, result.output
+    assert "Traceback" not in result.output
