@@ -287,3 +287,35 @@ def test_sigkill_restart_loses_nothing_keeps_key_order_and_repeats_ids(
         assert [e["data"]["after"]["n"] for e in seen[str(key)]] == ns, key
     second.stop(signal.SIGTERM)
     assert second.popen.returncode == 0, second.log()[-2000:]
+
+
+@pytest.mark.slow
+def test_a_snapshot_cut_by_sigkill_is_taken_again_and_repeats_are_absorbed(
+    cluster: Cluster, postgres: PostgresServer, pg_db: str
+) -> None:
+    rows = 10_000  # the kill must land inside the snapshot (it reads ~3k rows/s here)
+    postgres.execute(
+        "CREATE TABLE big (id int PRIMARY KEY, v text)",
+        f"INSERT INTO big SELECT g, 'v' || g FROM generate_series(1, {rows}) g",
+        dbname=pg_db,
+    )
+    first = _start(cluster, postgres, pg_db, ("--snapshot",), "pg", {})
+    wait_events(cluster, "db.public.big.v1", 1, first)
+    first.kill()
+    got = len(events(cluster, "db.public.big.v1"))
+    assert got < rows, "the snapshot finished before the kill: nothing was cut"
+    second = _start(cluster, postgres, pg_db, ("--snapshot",), "pg2", {})
+    wait_streaming(postgres, pg_db, second)
+    postgres.execute("UPDATE big SET v = 'after' WHERE id = 1", dbname=pg_db)
+
+    def complete() -> list[dict[str, Any]] | None:
+        assert second.alive(), second.log()[-3000:]
+        evs = events(cluster, "db.public.big.v1")
+        return evs if len({e["id"] for e in evs}) >= rows + 1 else None
+
+    evs = wait_for(complete, 90, f"{rows} read rows and the update")
+    reads = {e["id"]: e for e in evs if e["data"]["op"] == "r"}
+    assert len(reads) == rows  # re-read unchanged rows carry their first ids
+    assert {e["subject"] for e in reads.values()} == {str(i) for i in range(1, rows + 1)}
+    assert [e["data"]["after"]["v"] for e in by_subject(evs)["1"]][-1] == "after"
+    assert "taking the snapshot again" in second.log()
