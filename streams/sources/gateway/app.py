@@ -257,7 +257,7 @@ class Gateway:
         except Rejection as rejection:
             response, outcome = rejection.response(), rejection.outcome
         except SignatureError as exc:
-            response, outcome = web.json_response({"error": str(exc)}, status=401), exc.reason
+            response, outcome = web.json_response({"error": str(exc)}, status=exc.status), exc.reason
         except PayloadError as exc:
             response, outcome = web.json_response({"error": str(exc)}, status=400), exc.reason
         finally:

@@ -1,7 +1,7 @@
 """Webhook signature schemes, as pure functions over the raw body bytes: GitHub
 (``X-Hub-Signature-256``), Slack v0 and Standard Webhooks v1. Each ``verify_*`` takes every
 secret in rotation, compares in constant time and raises ``SignatureError`` (the HTTP edge
-answers 401) or returns ``None``; the clock is injectable so tests can freeze it."""
+answers its ``status``) or returns ``None``; the clock is injectable so tests can freeze it."""
 
 from __future__ import annotations
 
@@ -22,11 +22,14 @@ Clock = Callable[[], float]
 
 
 class SignatureError(VigilError):
-    """The request cannot be authenticated; ``reason`` names why (a metric label)."""
+    """The request cannot be authenticated; ``reason`` names why (a metric label). ``status``
+    is the HTTP answer: 400 when a signed header other than the signature itself is missing
+    (the request is malformed), 401 otherwise."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+        self.status = 400 if reason == "missing_header" else 401
 
 
 def _hmac256(key: bytes, message: bytes) -> bytes:
@@ -36,7 +39,7 @@ def _hmac256(key: bytes, message: bytes) -> bytes:
 def _check_timestamp(raw: str | None, now: Clock, tolerance: float) -> str:
     """``raw`` once it is a Unix time within ``tolerance`` of ``now()``."""
     if not raw:
-        raise SignatureError("missing_signature", "timestamp header missing")
+        raise SignatureError("missing_header", "timestamp header missing")
     if not raw.isascii() or not raw.isdigit() or len(raw) > _MAX_TIMESTAMP_DIGITS:
         raise SignatureError("bad_signature", "timestamp is not a Unix time in seconds")
     stamp = int(raw)
@@ -139,7 +142,7 @@ def verify_standard(
     if not header:
         raise SignatureError("missing_signature", "webhook-signature header missing")
     if not msg_id:
-        raise SignatureError("missing_signature", "webhook-id header missing")
+        raise SignatureError("missing_header", "webhook-id header missing")
     stamp = _check_timestamp(timestamp, now, tolerance)
     given = [e.encode() for e in header.split() if e.startswith("v1,")]
     expected = [standard_signature(k, msg_id, stamp, body).encode() for k in keys]
