@@ -609,3 +609,17 @@ async def test_vigil_gateway_command(gw: Running, http: aiohttp.ClientSession, t
     assert "/webhooks/github: verifying signatures" in log
     assert GH_NEW not in log and ALERTS_SECRET not in log
     assert "Amazing new feature" not in log and "hubot" not in log
+
+
+async def test_a_slow_body_times_out_with_408(gw: Running) -> None:
+    slow = await start(gw.settings, config(gateway_read_timeout=0.5))
+    host, port = slow.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(b"POST /webhooks/github HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        await writer.drain()
+        status = await asyncio.wait_for(reader.readline(), 10)
+        assert status.startswith(b"HTTP/1.1 408"), status
+    finally:
+        writer.close()
+        await slow.stop()

@@ -2,9 +2,10 @@
 it to a CloudEvents envelope and answers 202 only once Kafka acknowledged it (acks=all).
 
 Every request walks the same steps, and each one can end it with a clear status and nothing
-enqueued: in-flight limit (503) -> route known and configured (404, 401) -> body read
-incrementally up to the limit (413) -> signature and timestamp (401) -> routing headers and
-JSON (400) -> broker ack within the send timeout (503 + Retry-After)."""
+enqueued: generic source known (404) -> in-flight limit (503) -> route has a secret (401) ->
+body read incrementally up to the limit (413) -> signature and timestamp (401, or 400 for a
+missing signed header) -> routing headers and JSON (400) -> broker ack within the send
+timeout (503 + Retry-After)."""
 
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def _unavailable(message: str) -> Rejection:
 
 
 class Gateway:
-    """One gateway process: its producer, the topics it knows exist, the recent acks."""
+    """One gateway process: its producers, the topics it knows exist, the recent acks."""
 
     def __init__(self, settings: Settings, config: GatewaySettings, *, clock: Clock = time.time) -> None:
         self.settings = settings
@@ -252,7 +253,11 @@ class Gateway:
         try:
             if not self._configured.get(request.path, True):
                 raise Rejection(401, "not_configured", "this route has no secret configured (fail closed)")
-            body = await self._read_body(request, route)
+            try:
+                async with asyncio.timeout(self.config.gateway_read_timeout):  # a slow body holds a slot
+                    body = await self._read_body(request, route)
+            except TimeoutError:
+                raise Rejection(408, "timeout", "body not received in time") from None
             response, outcome = await handler(request, body, route)
         except Rejection as rejection:
             response, outcome = rejection.response(), rejection.outcome

@@ -20,6 +20,7 @@ OUTCOMES = (
     "missing_header",
     "malformed",
     "too_large",
+    "timeout",  # 408: the body did not arrive within VIGIL_GATEWAY_READ_TIMEOUT
     "unknown_source",
     "unavailable",  # 503: Kafka did not acknowledge in time or is unreachable
     "overloaded",  # 503: the in-flight limit was reached

@@ -80,6 +80,9 @@ class GatewaySettings(BaseSettings):
         le=32,
         description="Kafka producers (connections) to send through; a subject always uses the same one",
     )
+    gateway_read_timeout: float = Field(
+        10.0, gt=0, description="Seconds a client may take to send its body; then 408"
+    )
     gateway_send_timeout: float = Field(
         2.0, gt=0, description="Seconds to wait for the broker's ack (Slack wants an answer in 3 s)"
     )
