@@ -162,6 +162,9 @@ def main() -> int:
         import demo_cdc  # ops/demo_cdc.py: a PostgreSQL row wakes an agent
 
         demo_cdc.run(logs)
+        import demo_files  # ops/demo_files.py: a file dropped in a directory wakes an agent
+
+        demo_files.run(logs)
         import demo_slack  # ops/demo_slack.py: Slack and GitHub through the gateway and the sinks
 
         demo_slack.run(logs)
