@@ -76,6 +76,10 @@ class Registry:
             raise UnknownVersionError(f"unknown version of {base!r}: got v{version}, known {known}")
         return versions[version]
 
+    def knows(self, base: str) -> bool:
+        """Whether any version of ``base`` is registered."""
+        return base in self._models
+
     def latest(self, base: str) -> type[Payload]:
         versions = self._models.get(base)
         if not versions:

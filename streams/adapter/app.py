@@ -26,6 +26,8 @@ class VigilApp(faust.App):
     vigil_fail_commits: int = 0
     #: failpoint for tests: the next N post-rebalance resumes of stream partitions are lost
     vigil_fail_resumes: int = 0
+    #: failpoint for tests: the next N publishes of emitted events are never acknowledged
+    vigil_fail_stall_publishes: int = 0
     #: failpoint for tests: the next N releases of a backpressure hold are lost
     vigil_fail_releases: int = 0
     #: failpoint for tests: the next N fetches holding changelog records lose them
@@ -36,6 +38,8 @@ class VigilApp(faust.App):
         self.drainables: list[Drainable] = []
         #: source topics the liveness guard watches (``streams.adapter.recovery.WatchedSource``)
         self.watched_sources: list[Any] = []
+        #: per source topic, the agents' intakes of fetched records (``streams.adapter.worker``)
+        self.direct_intakes: dict[str, list[Callable[[Any, Any], None]]] = {}
 
     #: set by the lag monitor: the highest lag of the groups consuming a topic, or None
     downstream_lag_reader: Callable[[str], float | None] | None = None
@@ -109,6 +113,9 @@ def create_app(settings: Settings) -> VigilApp:
         broker_heartbeat_interval=min(3.0, settings.session_timeout / 3),
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,  # acks=all: an emit counts only once every in-sync replica has it
+        # Batches of many lanes share a partition's produce batch (16 KiB by default), and a
+        # full one makes the next send wait for it to drain.
+        producer_max_batch_size=512 * 1024,
         key_serializer="raw",
         value_serializer="raw",
         web_enabled=settings.web_port > 0,
@@ -123,6 +130,7 @@ def create_app(settings: Settings) -> VigilApp:
     app.drain_timeout = settings.drain_timeout
     app.vigil_fail_commits = settings.fail_commits
     app.vigil_fail_resumes = settings.fail_resumes
+    app.vigil_fail_stall_publishes = settings.fail_stall_publishes
     app.vigil_fail_releases = settings.fail_releases
     app.vigil_fail_changelog_fetches = settings.fail_changelog_fetches
     return app

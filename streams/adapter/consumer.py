@@ -213,12 +213,36 @@ class VigilConsumer(faust_aiokafka.Consumer):
             if not wanted:
                 await asyncio.sleep(min(timeout, 0.05))
                 return {}
+        generation = self.app.consumer_generation_id
         records = await super()._getmany(wanted, timeout)
         if records and getattr(self.app, "vigil_fail_changelog_fetches", 0) > 0:
             records = self._drop_changelog_fetch(records)
         if wanted is not None and records:
             await self._rewind_discarded(records)
+        intakes = getattr(self.app, "direct_intakes", None)
+        if records and intakes:
+            records = self._deliver_direct(records, intakes, generation)
         return records
+
+    def _deliver_direct(
+        self, records: Mapping[TP, Any], intakes: Mapping[str, Any], generation: int
+    ) -> dict[TP, Any]:
+        """Hands the records of the agents' source topics to their intakes; the rest (table
+        changelogs) goes on to Faust. Records fetched across a rebalance, or while Faust's
+        flow is stopped, are dropped as Faust drops them: the seek to the committed offsets
+        that follows every rebalance reads them again. Dropping them is also what keeps a
+        stale batch from being tracked after its partition came back."""
+        rest: dict[TP, Any] = {}
+        deliver = self.flow_active and self.app.consumer_generation_id == generation
+        live = self._get_active_partitions()
+        for tp, batch in records.items():
+            targets = intakes.get(tp.topic)
+            if targets is None:
+                rest[tp] = batch
+            elif deliver and batch and tp in live:
+                for intake in targets:
+                    intake(tp, batch)
+        return rest
 
     def _drop_changelog_fetch(self, records: Mapping[TP, Any]) -> dict[TP, Any]:
         """Failpoint: changelog records fetched and then lost before they reach recovery

@@ -1,4 +1,4 @@
-"""Exactly-once writes: one record's outputs, dead-letter mark and changelog records go into the
+"""Exactly-once writes: a batch's outputs, dead-letter mark and changelog records go into the
 Kafka transaction of its input partition (``streams.adapter.transactions``), which later
 commits together with that partition's offset. The ``Effects`` protocol and the at-least-once
 path are in ``streams.core.effects``."""
@@ -11,22 +11,30 @@ from typing import Any
 
 from faust.types import TP
 
+from streams.adapter.tables import FaustTable
 from streams.adapter.transactions import VigilTransactions
 from streams.core.dlq_dedup import DeadLetterMarks
-from streams.core.effects import Output, StateWrite
+from streams.core.effects import Output
 from streams.core.records import ConsumedRecord
+from streams.core.tables import TableWrite
 
 
 class TransactionalEffects:
     """Writes into the transaction of the record's input partition. The local RocksDB write
-    comes last, after the broker accepted the changelog record; a failure part-way marks the
-    transaction broken, which ends the process at the next commit (see ``streams.adapter.transactions``).
+    comes last, after the broker accepted the changelog records; a failure part-way marks the
+    transaction broken, which ends the process at the next commit (see
+    ``streams.adapter.transactions``).
 
-    Faust's ``table[key] = value`` is not used here: it hands the changelog record to a
-    background buffer that may send it after the transaction it belongs to has committed.
+    The partition's lock is held only while the batch's records are queued into the
+    transaction (no broker round trip), so a commit never splits a batch and other subjects of
+    the partition keep running while this one waits for its acks. A dead letter holds it until
+    its mark is written locally: the mark is a read-modify-write of the partition's window
+    (rare, and it must not interleave with another).
     """
 
-    def __init__(self, transactions: Callable[[], VigilTransactions], table: Any, marks_table: Any) -> None:
+    def __init__(
+        self, transactions: Callable[[], VigilTransactions], table: FaustTable, marks_table: FaustTable
+    ) -> None:
         self.transactions = transactions  # resolved per call: the consumer is built after binding
         self.table = table
         self.marks_table = marks_table
@@ -36,27 +44,50 @@ class TransactionalEffects:
         self,
         record: ConsumedRecord,
         outputs: Sequence[Output],
-        state: StateWrite | None,
+        state: Sequence[TableWrite] = (),
         mark: bool = False,
     ) -> None:
         tp = TP(record.topic, record.partition)
-        writes: list[tuple[Any, str, object]] = []
-        if state is not None:
-            writes.append((self.table, state.subject, state.body))
-        async with self.transactions().unit(tp) as txn:
-            if mark:  # under the partition's lock, which also covers the local write below
-                writes.append((self.marks_table, *self.marks.marked(record)))
+        writes: list[tuple[FaustTable, Sequence[TableWrite]]] = []
+        if state:
+            writes.append((self.table, state))
+        transactions = self.transactions()
+        async with transactions.unit(tp) as txn:
+            if mark:
+                writes.append((self.marks_table, [self.marks.marked(record)]))
             pending = [
                 await txn.send(o.topic, o.record.key, o.record.value, o.record.headers) for o in outputs
             ]
-            local = []
-            for table, k, v in writes:
-                store = table.data
-                key, value = store._encode_key(k), store._encode_value(v)  # noqa: SLF001
-                changelog = TP(table.changelog_topic.get_topic_name(), record.partition)
-                pending.append(await txn.send(changelog.topic, key, value, [], partition=record.partition))
-                local.append((store, key, value, changelog))
-            results = await asyncio.gather(*pending)
-            for (store, key, value, changelog), result in zip(local, results[len(outputs) :], strict=True):
-                store._set(key, value)  # noqa: SLF001
-                txn.persist_on_commit(store, changelog, result.offset)
+            changelog: list[asyncio.Future[Any]] = []
+            for table, batch in writes:
+                for key, value in batch:
+                    changelog.append(
+                        await txn.send(table.changelog_topic, key, value, [], partition=record.partition)
+                    )
+            if mark:  # the window is read above: keep the lock until it is written
+                await self._settle(transactions, txn, pending, changelog, writes, record.partition)
+                return
+        await self._settle(transactions, txn, pending, changelog, writes, record.partition)
+
+    @staticmethod
+    async def _settle(
+        transactions: VigilTransactions,
+        txn: Any,
+        pending: list[asyncio.Future[Any]],
+        changelog: list[asyncio.Future[Any]],
+        writes: list[tuple[FaustTable, Sequence[TableWrite]]],
+        partition: int,
+    ) -> None:
+        try:
+            await asyncio.gather(*pending, *changelog)
+        except BaseException:
+            transactions.break_transaction(txn)
+            raise
+        offsets = iter(f.result().offset for f in changelog)
+        for table, batch in writes:
+            table.apply_local(partition, batch)
+            last = None
+            for _ in batch:
+                last = next(offsets)
+            if last is not None:
+                txn.persist_on_commit(table.store, TP(table.changelog_topic, partition), last)

@@ -1,8 +1,8 @@
 """Exactly-once processing: one Kafka transaction per input partition.
 
-A record's outputs and its changelog record are written into the open transaction of the
-partition it came from, inside a per-partition lock (``unit``) so a commit never splits one
-record's writes. Each commit tick sends the partition's committable offset (its lowest
+A batch's outputs and its changelog records are queued into the open transaction of the
+partition it came from inside a per-partition lock (``unit``), so a commit never splits one
+batch's writes; its acks are awaited after the lock is released. Each commit tick sends the partition's committable offset (its lowest
 unfinished record, ``streams.core.offsets``) into the transaction and commits it. Records that
 finished above that offset are committed too; after a crash they are redelivered and their
 handled ids, committed in the same transaction as their outputs, make them no-ops. A
@@ -158,6 +158,11 @@ class VigilTransactions(TransactionManager):
                 self.clean = False
                 raise
             txn.dirty = True
+
+    def break_transaction(self, txn: PartitionTransaction) -> None:
+        """Writes queued in ``txn`` failed after its unit: it must never commit."""
+        txn.broken = True
+        self.clean = False
 
     async def send(self, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(

@@ -1,32 +1,34 @@
 """Binds agent specs to a Faust app and runs it as a worker process.
 
-Faust acks a record when an agent raises and when its task is cancelled (the ack sits in a
-``finally`` around the ``yield`` of ``Stream.__aiter__``), so Vigil turns Faust's acks off for
-its streams. Each agent's stream only feeds a ``KeyOrderedScheduler``; a record counts as
-finished (and its offset becomes committable, see ``streams.adapter.consumer``) only after
-``Dispatcher.handle`` made its outcome durable. Values are consumed as raw bytes so decoding errors stay inside Vigil's handling
-(Faust acks first and raises after on a value it cannot deserialize).
+Faust's per-record path (message, conductor, stream, event, ack) costs more than everything
+Vigil does with a record, and acks a record when an agent raises or its task is cancelled. So
+each agent's Faust agent only subscribes its topic (assignment, pauses, table recovery stay
+Faust's), and the consumer hands the fetched records of that topic, batch by batch, straight
+to the agent's ``KeyOrderedScheduler`` (``intake``). A record counts as finished (and its
+offset becomes committable, see ``streams.adapter.consumer``) only after
+``Dispatcher.handle_many`` made its outcome durable. Tables are read and written by partition
+through ``streams.adapter.tables``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import os
 import time
-import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import faust
-import faust.streams as faust_streams
-from faust.types import EventT, StreamT
+from faust.types import TP, StreamT
 
 from streams import kafka
 from streams.adapter import idle, observability, recovery, transactions
 from streams.adapter.app import VigilApp, create_app
 from streams.adapter.consumer import VigilConsumer
+from streams.adapter.tables import FaustTable
 from streams.adapter.transactional_effects import TransactionalEffects
 from streams.core import dlq_dedup, topics
 from streams.core.agent import AgentSpec, Runtime
@@ -38,28 +40,36 @@ from streams.core.offsets import OffsetTracker
 from streams.core.records import ConsumedRecord
 from streams.core.scheduler import KeyOrderedScheduler
 from streams.core.settings import Settings
-from streams.core.state import StateStore
-from streams.observability import metrics
+from streams.core.state import ID_PREFIX, StateStore, expired_ids
+from streams.observability import metrics, startup
 
 log = logging.getLogger(__name__)
 
 
 class FaustPublisher:
-    """Produces through the app's producer (Faust flushes it before every offset commit)."""
+    """Produces straight through the app's aiokafka producer (Faust's wrapper adds a sensor
+    call per record; Faust still flushes this producer before every offset commit)."""
 
     def __init__(self, app: faust.App) -> None:
         self._app = app
 
     async def publish(self, topic: str, records: Sequence[EncodedRecord]) -> None:
-        producer = self._app.producer
-        pending = [await producer.send(topic, r.key, r.value, None, None, r.headers) for r in records]
-        await asyncio.gather(*pending)
+        app = self._app
+        if isinstance(app, VigilApp) and app.vigil_fail_stall_publishes > 0:
+            app.vigil_fail_stall_publishes -= 1
+            log.warning("failpoint: %d records for %s are never acknowledged", len(records), topic)
+            await asyncio.Event().wait()
+        send = kafka_producer(app).send
+        pending = [await send(topic, r.value, key=r.key, headers=r.headers) for r in records]
+        if len(pending) == 1:
+            await pending[0]
+        else:
+            await asyncio.gather(*pending)
 
 
-def record_of(event: EventT[Any]) -> ConsumedRecord:
-    m = event.message
-    headers = list(m.headers.items()) if isinstance(m.headers, Mapping) else list(m.headers or ())
-    return ConsumedRecord(m.topic, m.partition, m.offset, m.key, m.value, headers, int(m.timestamp * 1000))
+def kafka_producer(app: faust.App) -> Any:
+    """The aiokafka producer under the app's Faust producer (started with the app)."""
+    return app.producer._ensure_producer()  # type: ignore[attr-defined]  # noqa: SLF001
 
 
 class VigilWorker(faust.Worker):
@@ -95,19 +105,26 @@ def bind_agent(
         value_serializer="raw",
         allow_empty=True,  # tombstones reach the dispatcher and are dead-lettered, not dropped
     )
-    table = app.Table(
-        spec.table_name,
-        partitions=settings.partitions,
-        key_type=str,  # faust derives the json serializer from the types
-        options={"driver": "rocksdict"},
+    table = FaustTable(
+        app.Table(
+            spec.table_name,
+            partitions=settings.partitions,
+            key_type=str,  # keys are JSON strings (streams.core.tables.str_key)
+            value_type=bytes,  # values are written raw by streams.core.state
+            options={"driver": "rocksdict"},
+        ),
+        lambda: kafka_producer(app),
     )
-    store = StateStore(table, spec.state, settings.dedup_ids_per_entity)
-    marks_table = app.Table(
-        dlq_dedup.table_name(spec.name),
-        partitions=settings.partitions,
-        key_type=str,
-        value_type=bytes,  # faust stores bytes values raw
-        options={"driver": "rocksdict"},
+    store = StateStore(table, spec.state)
+    marks_table = FaustTable(
+        app.Table(
+            dlq_dedup.table_name(spec.name),
+            partitions=settings.partitions,
+            key_type=str,
+            value_type=bytes,  # faust stores bytes values raw
+            options={"driver": "rocksdict"},
+        ),
+        lambda: kafka_producer(app),
     )
     effects = None
     if settings.processing_guarantee == "exactly_once":
@@ -134,16 +151,20 @@ def bind_agent(
             app.vigil_consumer.release(topic_name, reason)
 
     event_age = metrics.EVENT_AGE_SECONDS.labels(spec.name)
+    started = False
 
-    async def process(event: EventT[Any]) -> None:
-        # Tables find the partition of a write through Faust's current event, which is
-        # task-local and only set inside the stream's own iteration.
-        faust_streams._current_event.set(weakref.ref(event))  # noqa: SLF001
-        event_age.observe(max(0.0, time.time() - event.message.timestamp))
-        await dispatcher.handle(record_of(event))
-        event.ack()
+    async def process(records: list[ConsumedRecord]) -> None:
+        nonlocal started
+        now = time.time()
+        for r in records:
+            if r.timestamp_ms is not None:
+                event_age.observe(max(0.0, now - r.timestamp_ms / 1000))
+        await dispatcher.handle_many(records)
+        if not started:
+            started = True
+            startup.mark(startup.FIRST_EVENT)
 
-    scheduler: KeyOrderedScheduler[EventT[Any]] = KeyOrderedScheduler(
+    scheduler: KeyOrderedScheduler[ConsumedRecord] = KeyOrderedScheduler(
         process,
         OffsetTracker(topic_name),
         concurrency=spec.concurrency or settings.concurrency,
@@ -158,26 +179,35 @@ def bind_agent(
     export_backpressure(app, spec.name, topic_name, scheduler)
     consumed = metrics.CONSUMED.labels(spec.name, topic_name)
 
-    async def feed(stream: StreamT[Any]) -> None:
-        async for event in stream.events():
-            m = event.message
-            if scheduler.submit(m.tp, m.offset, m.key, event):
-                consumed.inc()
+    def intake(tp: TP, fetched: Sequence[Any]) -> None:
+        """Records fetched for this agent's topic, straight from the consumer's fetch
+        (``VigilConsumer._getmany``): Faust's per-record stream path is not used."""
+        submit = scheduler.submit
+        taken = 0
+        for r in fetched:
+            record = ConsumedRecord(
+                r.topic, r.partition, r.offset, r.key, r.value, list(r.headers or ()), r.timestamp
+            )
+            if submit(tp, r.offset, r.key, record):
+                taken += 1
+        if taken:
+            consumed.inc(taken)
 
     async def consume(stream: StreamT[Any]) -> None:
+        """The Faust agent only subscribes the topic (its partitions, recovery, pauses);
+        records arrive through ``intake``."""
         stream.enable_acks = False
         scheduler.start()
-        feeding = asyncio.ensure_future(feed(stream))
-        failing = asyncio.ensure_future(scheduler.wait_failed())
         watching = asyncio.ensure_future(gates.watch(on_gates)) if gates.gates else None
+        sweeping = asyncio.ensure_future(sweep_ids(spec.name, topic_name, table, dispatcher, settings))
+        app.direct_intakes.setdefault(topic_name, []).append(intake)
         try:
-            done, _ = await asyncio.wait({feeding, failing}, return_when=asyncio.FIRST_COMPLETED)
-            if failing in done:
-                raise failing.result()  # a bug, not a bad record: crash, nothing is committed past it
-            feeding.result()
+            raise await (
+                scheduler.wait_failed()
+            )  # a bug, not a bad record: crash, nothing is committed past it
         finally:
-            feeding.cancel()
-            failing.cancel()
+            app.direct_intakes[topic_name].remove(intake)
+            sweeping.cancel()
             if watching is not None:
                 watching.cancel()
             await scheduler.stop()
@@ -185,6 +215,47 @@ def bind_agent(
     consume.__name__ = consume.__qualname__ = f"vigil_{spec.name}"
     app.agent(source, name=f"vigil.{spec.name}")(consume)
     return dispatcher
+
+
+#: index entries deleted per partition and sweep: bounds one sweep's work
+SWEEP_BATCH = 5000
+
+
+async def sweep_ids(
+    agent: str, topic: str, table: FaustTable, dispatcher: Dispatcher, settings: Settings
+) -> None:
+    """Deletes handled-id index entries older than ``VIGIL_DEDUP_RETENTION`` in the partitions
+    this worker holds, through the agent's effects (so in exactly_once mode the tombstones are
+    part of the partition's transaction)."""
+    interval = min(settings.dedup_retention / 4, 600.0)
+    while True:
+        await asyncio.sleep(interval)
+        before = int((time.time() - settings.dedup_retention) * 1000)
+        for partition in table.open_partitions():
+            try:
+                keys = list(
+                    itertools.islice(
+                        expired_ids(table.entries_from(partition, ID_PREFIX), before), SWEEP_BATCH
+                    )
+                )
+            except Exception as exc:  # noqa: BLE001 - a store closed by a revoke meanwhile: next sweep
+                log.debug("agent %s: sweep of partition %d skipped: %r", agent, partition, exc)
+                continue
+            if not keys:
+                continue
+            anchor = ConsumedRecord(topic, partition, -1, None, None, [])
+            try:
+                await dispatcher.effects.apply(anchor, [], [(k, None) for k in keys])
+            except RuntimeError as exc:  # exactly_once: the partition was revoked meanwhile
+                log.debug("agent %s: sweep of partition %d skipped: %r", agent, partition, exc)
+                continue
+            log.info(
+                "agent %s: forgot %d handled ids older than %.0fs in partition %d",
+                agent,
+                len(keys),
+                settings.dedup_retention,
+                partition,
+            )
 
 
 def gates_for(app: VigilApp, spec: AgentSpec, settings: Settings, resources: Mapping[str, Any]) -> list[Gate]:

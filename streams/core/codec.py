@@ -26,10 +26,14 @@ class EncodedRecord:
 
 
 def encode(event: Envelope[Any]) -> EncodedRecord:
-    body = event.model_dump(mode="json", exclude_none=True)
-    if isinstance(event.data, BaseModel):
-        body["data"] = event.data.model_dump(mode="json")
-    value = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    data = event.data
+    if isinstance(data, BaseModel):
+        # the attributes and the payload each serialised once, by pydantic, then joined
+        head = event.model_dump_json(exclude_none=True, exclude={"data"})
+        value = f'{head[:-1]},"data":{data.model_dump_json()}}}'.encode()
+    else:
+        body = event.model_dump(mode="json", exclude_none=True)
+        value = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
     return EncodedRecord(
         key=event.subject.encode(),
         value=value,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
@@ -15,8 +16,19 @@ S = TypeVar("S")
 DERIVED_ID_NAMESPACE = uuid.UUID("6c1d3f0e-8a4e-4d8b-9f57-5b0a2f7d9c11")
 
 
+_NAMESPACE_BYTES = DERIVED_ID_NAMESPACE.bytes
+
+
 def derived_id(agent: str, input_id: str, n: int) -> str:
-    return str(uuid.uuid5(DERIVED_ID_NAMESPACE, f"{agent}\x1f{input_id}\x1f{n}"))
+    """``str(uuid.uuid5(DERIVED_ID_NAMESPACE, ...))``, computed without building UUID objects
+    (a fifth of a no-op handler's time went to them)."""
+    digest = bytearray(
+        hashlib.sha1(_NAMESPACE_BYTES + f"{agent}\x1f{input_id}\x1f{n}".encode()).digest()[:16]
+    )
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    x = digest.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 class Context(Generic[S]):

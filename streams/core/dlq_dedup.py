@@ -22,9 +22,9 @@ from __future__ import annotations
 import sys
 from array import array
 from bisect import bisect_left
-from collections.abc import MutableMapping
 
 from streams.core.records import ConsumedRecord
+from streams.core.tables import MemoryTable, PartitionedTable, TableWrite, str_key
 
 #: dead-lettered offsets remembered per input partition
 MAX_MARKS = 1000
@@ -100,39 +100,34 @@ def window_key(topic: str, partition: int) -> str:
 
 
 class DeadLetterMarks:
-    """Reads and computes window values in a table keyed by ``window_key`` (str -> bytes).
+    """Reads and computes window values in a table keyed by ``window_key`` (bytes values).
 
-    The table is co-partitioned with the source topic and written in the context of the record
-    being handled, so a partition's window moves with the partition on a rebalance and is
-    rebuilt from its changelog like the entity state. The default table is a dict (tests, the
-    in-memory harness)."""
+    The table is co-partitioned with the source topic and written in the partition of the
+    record being handled, so a partition's window moves with the partition on a rebalance and
+    is rebuilt from its changelog like the entity state. The default table is in memory (tests,
+    the in-memory harness)."""
 
-    def __init__(self, table: MutableMapping[str, bytes] | None = None, limit: int = MAX_MARKS) -> None:
-        self._table: MutableMapping[str, bytes] = table if table is not None else {}
+    def __init__(self, table: PartitionedTable | None = None, limit: int = MAX_MARKS) -> None:
+        self.table: PartitionedTable = table if table is not None else MemoryTable("dlq-marks")
         self._limit = limit
 
     def window(self, topic: str, partition: int) -> DeadLetterWindow:
-        return DeadLetterWindow.decode(self._table.get(window_key(topic, partition)))
+        return DeadLetterWindow.decode(self.table.get(partition, str_key(window_key(topic, partition))))
 
     def seen(self, record: ConsumedRecord) -> bool:
         """Whether ``record`` (its topic, partition, offset and timestamp) was dead-lettered."""
-        value = self._table.get(window_key(record.topic, record.partition))
+        value = self.table.get(record.partition, str_key(window_key(record.topic, record.partition)))
         if value is None:
             return False
         return DeadLetterWindow.decode(value).contains(record.offset, record.timestamp_ms)
 
-    def marked(self, record: ConsumedRecord) -> tuple[str, bytes]:
+    def marked(self, record: ConsumedRecord) -> TableWrite:
         """The key and new value of the record's partition window with ``record`` added; the
         caller writes it with the dead letter (``streams.core.effects``), with no other write to
         the window in between."""
         window = self.window(record.topic, record.partition)
         window.add(record.offset, record.timestamp_ms, self._limit)
-        return window_key(record.topic, record.partition), window.encode()
-
-    def write(self, key: str, value: bytes) -> None:
-        """At-least-once write: Faust sends the changelog record and flushes it before the
-        offset commit (exactly-once writes go through ``streams.core.effects``)."""
-        self._table[key] = value
+        return str_key(window_key(record.topic, record.partition)), window.encode()
 
 
 def origin_key(

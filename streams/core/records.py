@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from streams.core.codec import Headers
 
@@ -21,8 +20,10 @@ class TP(Protocol):
     def __hash__(self) -> int: ...
 
 
-@dataclass(frozen=True)
-class ConsumedRecord:
+class ConsumedRecord(NamedTuple):
+    """Immutable; a tuple because one is built per fetched record (a frozen dataclass costs
+    several times more to construct)."""
+
     topic: str
     partition: int
     offset: int

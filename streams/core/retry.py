@@ -6,6 +6,7 @@ flowing. After the last attempt the record is dead-lettered with the attempt cou
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -55,10 +56,21 @@ class Retry:
             return isinstance(exc, self.on)
         return self.on(exc)
 
-    def retrying(self, before_sleep: Callable[[RetryCallState], None] | None = None) -> AsyncRetrying:
+    def wait_after(self, attempt: int) -> float:
+        """Seconds to wait after attempt number ``attempt`` failed (what the retrier waits)."""
+        wait: float = self.backoff * 2.0 ** (attempt - 1) + random.uniform(0, self.jitter)
+        return max(0.0, min(wait, self.max_backoff))
+
+    def retrying(
+        self, before_sleep: Callable[[RetryCallState], None] | None = None, *, done: int = 0
+    ) -> AsyncRetrying:
+        """The attempts left after ``done`` attempts were made elsewhere (the first one runs
+        without any retry machinery, ``streams.core.dispatcher``)."""
         return AsyncRetrying(
-            stop=stop_after_attempt(self.max_attempts),
-            wait=wait_exponential_jitter(multiplier=self.backoff, max=self.max_backoff, jitter=self.jitter),
+            stop=stop_after_attempt(self.max_attempts - done),
+            wait=wait_exponential_jitter(
+                multiplier=self.backoff * 2**done, max=self.max_backoff, jitter=self.jitter
+            ),
             retry=retry_if_exception(self.should_retry),
             before_sleep=before_sleep,
             reraise=True,

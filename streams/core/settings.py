@@ -34,7 +34,11 @@ class Settings(BaseSettings):
         0, ge=0, le=65535, description="Faust's own web server port; 0 (default) leaves it off"
     )
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
-    dedup_ids_per_entity: int = Field(1000, ge=1, description="Handled event ids remembered per entity")
+    dedup_retention: float = Field(
+        7 * 24 * 3600.0,
+        gt=0,
+        description="Seconds a handled event id is remembered (a re-send or replay of an older id runs again)",
+    )
     commit_interval: float = Field(1.0, gt=0, description="Seconds between offset commits")
     concurrency: int = Field(
         16, ge=1, le=10000, description="Default records of distinct subjects in flight per agent"
@@ -68,6 +72,9 @@ class Settings(BaseSettings):
     )
     fail_releases: int = Field(
         0, ge=0, description="Testing failpoint: the first N releases of a backpressure hold are lost"
+    )
+    fail_stall_publishes: int = Field(
+        0, ge=0, description="Testing failpoint: the first N publishes of emitted events never complete"
     )
     fail_resumes: int = Field(
         0,

@@ -1,74 +1,138 @@
-"""Per-entity durable state: the agent's state model and the ids of events already handled,
-stored together as one table value (a JSON object) so that both change in one changelog record."""
+"""Per-entity durable state and the index of handled event ids, in one table.
+
+An entity's value holds its state model and the ids of the records its last write covered;
+every handled id also gets its own small index entry (key ``ID_PREFIX + id``, value the time it
+was handled). So what a record reads and writes does not grow with the entity's history: one
+value of the entity's size, one lookup in the index, one ~60-byte index entry per event.
+
+Both live in the same table, so they share one changelog partition and one local
+``WriteBatch``. A write puts the entity's value first and its index entries after it: a crash
+that cuts the changelog between them leaves the ids in the entity's value, where the next
+lookup finds them. Entity keys are JSON strings (they start with ``"``), index keys start
+with a NUL byte: the two never collide.
+
+Index entries older than ``VIGIL_DEDUP_RETENTION`` are deleted (with changelog tombstones) by
+``streams.adapter.worker``'s sweep, so the index is bounded by age, not by history.
+
+Values written by format 1 (``handled``: the whole id window inside the value) are read as
+before; their ids move into the index on the entity's next write.
+"""
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from enum import Enum
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
+from uuid import UUID
 
 from pydantic import BaseModel, ValidationError
 
 from streams.core.errors import ConfigError
+from streams.core.tables import PartitionedTable, TableWrite, str_key
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+ID_PREFIX = b"\x00id\x00"
+
+
+def id_key(event_id: str) -> bytes:
+    return ID_PREFIX + event_id.encode()
+
+
+def stamp(now_ms: int) -> bytes:
+    return now_ms.to_bytes(8, "little", signed=True)
 
 
 @dataclass
 class EntityRecord:
     state: BaseModel | None
-    #: handled event ids, oldest first, bounded by ``Settings.dedup_ids_per_entity``
-    handled: list[str] = field(default_factory=list)
+    #: ids handled by the entity's last write (their index entries follow that write)
+    recent: list[str] = field(default_factory=list)
     #: set when a record of this subject was dead-lettered under ``on_dead_letter="park"``
     parked: bool = False
-
-    def has_handled(self, event_id: str) -> bool:
-        return event_id in self.handled
-
-    def mark_handled(self, event_id: str, limit: int) -> None:
-        self.handled.append(event_id)
-        if len(self.handled) > limit:
-            del self.handled[: len(self.handled) - limit]
+    #: a format-1 value's id window, moved into the index by the next write
+    legacy: list[str] = field(default_factory=list)
 
 
 class StateStore:
-    """Reads and writes ``EntityRecord`` values in a table keyed by subject (bytes -> bytes)."""
+    """Reads ``EntityRecord`` values and handled ids, and computes the writes of a batch of
+    records of one entity. The writes themselves go through ``streams.core.effects``."""
 
-    def __init__(self, table: MutableMapping[str, Any], model: type[BaseModel] | None, max_ids: int) -> None:
-        self._table = table
+    def __init__(self, table: PartitionedTable, model: type[BaseModel] | None) -> None:
+        self.table = table
         self._model = model
-        self._max_ids = max_ids
 
-    def load(self, subject: str) -> EntityRecord:
-        body = self._table.get(subject)
-        if body is None:
+    def load(self, partition: int, subject: str) -> EntityRecord:
+        raw = self.table.get(partition, str_key(subject))
+        if raw is None:
             return EntityRecord(self._model() if self._model else None)
-        handled = list(body.get("handled", []))
+        body: dict[str, Any] = json.loads(raw)
         parked = bool(body.get("parked", False))
+        recent = list(body.get("ids", ()))
+        legacy = list(body.get("handled", ()))  # format 1
         if self._model is None:
-            return EntityRecord(None, handled, parked)
+            return EntityRecord(None, recent, parked, legacy)
         try:
             state = self._model.model_validate(body["state"])
         except ValidationError as exc:
             raise ConfigError(
                 f"stored state of {subject!r} no longer fits {self._model.__name__}: {exc}"
             ) from None
-        return EntityRecord(state, handled, parked)
+        return EntityRecord(state, recent, parked, legacy)
 
-    def encode(self, record: EntityRecord, handled_id: str | None) -> dict[str, Any]:
-        """The table value for ``record``, with ``handled_id`` added to its handled ids."""
-        if handled_id is not None:
-            record.mark_handled(handled_id, self._max_ids)
-        body: dict[str, Any] = {
-            "v": FORMAT_VERSION,
-            "state": record.state.model_dump(mode="json") if record.state is not None else None,
-            "handled": record.handled,
-        }
-        if record.parked:
-            body["parked"] = True
-        return body
+    def handled(self, partition: int, entity: EntityRecord, event_id: str) -> bool:
+        if event_id in entity.recent or event_id in entity.legacy:
+            return True
+        return self.table.get(partition, id_key(event_id)) is not None
 
-    def write(self, subject: str, body: dict[str, Any]) -> None:
-        """At-least-once write: Faust sends the changelog record and flushes it before the
-        offset commit (exactly-once writes go through ``streams.core.effects``)."""
-        self._table[subject] = body
+    def writes(self, subject: str, entity: EntityRecord, ids: Sequence[str], now_ms: int) -> list[TableWrite]:
+        """The table writes that store ``entity`` with ``ids`` handled, in the order they
+        must reach the changelog; ``entity`` then describes what was written."""
+        state = entity.state.model_dump_json() if entity.state is not None else "null"
+        parked = ',"parked":true' if entity.parked else ""
+        value = f'{{"v":{FORMAT_VERSION},"state":{state},"ids":{json.dumps(list(ids))}{parked}}}'
+        out: list[TableWrite] = [(str_key(subject), value.encode())]
+        when = stamp(now_ms)
+        out.extend((id_key(i), when) for i in _unique(entity.legacy, ids))
+        entity.recent = list(ids)
+        entity.legacy = []
+        return out
+
+
+_IMMUTABLE = (int, float, str, bool, bytes, type(None), datetime, date, time, timedelta, Decimal, UUID, Enum)
+
+
+def _immutable(annotation: Any) -> bool:
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return True
+    if origin in (Union, UnionType):
+        return all(_immutable(a) for a in get_args(annotation))
+    return isinstance(annotation, type) and issubclass(annotation, _IMMUTABLE)
+
+
+def state_copier(model: type[BaseModel] | None) -> Callable[[BaseModel], BaseModel]:
+    """How a handler attempt gets its own copy of the state (a failed attempt must leave the
+    stored one untouched): a shallow copy when every field holds an immutable value, a deep one
+    otherwise."""
+    if model is not None and all(_immutable(f.annotation) for f in model.model_fields.values()):
+        return lambda state: state.model_copy()
+    return lambda state: state.model_copy(deep=True)
+
+
+def expired_ids(entries: Iterable[tuple[bytes, bytes]], before_ms: int) -> Iterator[bytes]:
+    """Keys of index entries handled before ``before_ms``, from entries in key order that start
+    at ``ID_PREFIX`` (index keys sort before every entity key)."""
+    for key, value in entries:
+        if not key.startswith(ID_PREFIX):
+            return
+        if int.from_bytes(value[:8], "little", signed=True) < before_ms:
+            yield key
+
+
+def _unique(*groups: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(i for g in groups for i in g))

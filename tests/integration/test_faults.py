@@ -104,6 +104,9 @@ def test_rebalances_while_load_is_running(cluster: Cluster, guarantee: str) -> N
     cluster.produce(IN, rounds(convs, 8, 12))
     wait_for(lambda: handled_by(cluster, w2.pid), 120, "w2 to take over partitions", interval=0.3)
     w3 = cluster.start_worker("w3", args=PROBE, **env)
+    # the next rounds go out once w3 holds partitions: w1 and w2 could otherwise drain them
+    # all while w3 is still joining, and w3 would get nothing to handle
+    wait_for(lambda: "Worker ready" in w3.log(), 90, "w3 to join the group", interval=0.3)
     cluster.produce(IN, rounds(convs, 12, 16))
     wait_for(lambda: handled_by(cluster, w3.pid), 120, "w3 to take over partitions", interval=0.3)
     assert replied(cluster) < 960, "the load ran out before the third worker joined"

@@ -219,3 +219,45 @@ def test_second_sigterm_exits_at_once_and_loses_nothing(cluster: Cluster, tmp_pa
     worker = cluster.start_worker("b", args=PROBE)
     wait_replied(cluster, 2, [worker])
     assert_exact_sequences(cluster, ids_of(convs))
+
+
+def test_no_dedup_mark_outlives_an_unacknowledged_output_across_sigkill(cluster: Cluster) -> None:
+    """At-least-once: a record's handled id (and state) must become durable only after its
+    outputs are. Two publishes never complete here (a hung broker for those records); the other
+    subjects finish and commit; then SIGKILL and a restart on the same data dir (RocksDB kept):
+    the stalled records must run again, every input answered exactly once, in order."""
+    convs = conversations([f"st{i}" for i in range(8)], 3)
+    cluster.create_topics(IN)
+    cluster.produce(IN, rounds(convs, 0, 3))
+    data_dir = cluster.tmp / "data-stall"
+    env = {"PROBE_CONCURRENCY": "8", "VIGIL_FAIL_STALL_PUBLISHES": "2"}
+    worker = cluster.start_worker("a", data_dir=data_dir, args=PROBE, **env)
+    wait_replied(cluster, 6 * 3, [worker])  # the subjects that are not stuck finish
+    answered = {r["data"]["in_reply_to"] for r in unique_replies(cluster).values()}
+    assert len(answered) < 8 * 3, "the failpoint did not stall any publish"
+    worker.kill()
+
+    worker = cluster.start_worker("b", data_dir=data_dir, args=PROBE)
+    wait_replied(cluster, 8 * 3, [worker])
+    assert_exact_sequences(cluster, ids_of(convs))
+
+
+def test_handled_ids_are_forgotten_after_the_retention(cluster: Cluster) -> None:
+    """The id index is bounded by age: past VIGIL_DEDUP_RETENTION an id's entry is deleted
+    (a tombstone in the changelog), and a re-send of that id runs again."""
+    cluster.create_topics(IN)
+    worker = cluster.start_worker("a", args=PROBE, VIGIL_DEDUP_RETENTION="2")
+    cluster.produce(IN, [message("r", "one", id="r-1")])
+    wait_replied(cluster, 1, [worker])
+    cluster.produce(IN, [message("r", "two", id="r-2")])  # r-1 leaves the entity's last write
+    wait_replied(cluster, 2, [worker])
+    changelog = f"{cluster.settings().app_id}-probe-state-changelog"
+
+    def swept() -> bool:
+        return any(r.key == b"\x00id\x00r-1" and r.value is None for r in cluster.read(changelog))
+
+    wait_for(swept, 60, "the index entry of r-1 to be swept", interval=0.5)
+    cluster.produce(IN, [message("r", "one, re-sent after the retention", id="r-1")])
+    wait_for(lambda: len(cluster.read_json(OUT)) >= 3, 60, "the late re-send to run", interval=0.3)
+    replies = [r["data"] for r in cluster.read_json(OUT)]
+    assert [(d["in_reply_to"], d["sequence"]) for d in replies] == [("r-1", 1), ("r-2", 2), ("r-1", 3)]

@@ -18,10 +18,11 @@ from streams.core.dlq import dead_letter
 from streams.core.dlq_dedup import MAX_MARKS, TAG, DeadLetterMarks, DeadLetterWindow, window_key
 from streams.core.records import ConsumedRecord
 from streams.core.state import StateStore
+from streams.core.tables import MemoryTable, str_key
 from streams.kafka.dlq_admin import once_per_origin
 from streams.observability import metrics
 
-from .test_dispatcher import Counter, MemoryPublisher, record, reply
+from .test_dispatcher import Counter, Entities, MemoryPublisher, record, reply
 
 TOPIC = "p.chat.messages.v1"
 
@@ -80,24 +81,25 @@ def test_window_encoding_round_trips_and_refuses_other_values() -> None:
             DeadLetterWindow.decode(bad)
 
 
-def test_marks_are_kept_per_topic_and_partition() -> None:
-    table: dict[str, bytes] = {}
+async def test_marks_are_kept_per_topic_and_partition() -> None:
+    table = MemoryTable()
     marks = DeadLetterMarks(table)
     rec = ConsumedRecord(TOPIC, 3, 41, b"k", b"v", [], 1234)
     assert not marks.seen(rec)
     key, value = marks.marked(rec)
-    assert key == window_key(TOPIC, 3) == f"{TOPIC}:3" and not marks.seen(rec), "marked() only computes"
-    marks.write(key, value)
+    assert key == str_key(window_key(TOPIC, 3)) == f'"{TOPIC}:3"'.encode()
+    assert not marks.seen(rec), "marked() only computes"
+    await table.write(3, [(key, value)])
     assert marks.seen(rec)
     assert not marks.seen(ConsumedRecord(TOPIC, 4, 41, b"k", b"v", [], 1234)), "another partition"
     assert not marks.seen(ConsumedRecord("p.other.v1", 3, 41, b"k", b"v", [], 1234)), "another topic"
     assert not marks.seen(ConsumedRecord(TOPIC, 3, 42, b"k", b"v", [], 1234)), "another offset"
-    marks.write(*marks.marked(ConsumedRecord(TOPIC, 3, 45, None, None, [], 1240)))
-    assert list(marks.window(TOPIC, 3).offsets) == [41, 45] and list(table) == [f"{TOPIC}:3"]
+    await table.write(3, [marks.marked(ConsumedRecord(TOPIC, 3, 45, None, None, [], 1240))])
+    assert list(marks.window(TOPIC, 3).offsets) == [41, 45] and list(table.keys(3)) == [key]
 
 
 # -- the dispatcher -------------------------------------------------------------------------------
-def make(handler: Any, *, park: bool = False) -> tuple[Dispatcher, dict[str, Any], MemoryPublisher]:
+def make(handler: Any, *, park: bool = False) -> tuple[Dispatcher, Entities, MemoryPublisher]:
     rt = Runtime()
     rt.agent(
         ChatMessageReceivedV2,
@@ -106,10 +108,10 @@ def make(handler: Any, *, park: bool = False) -> tuple[Dispatcher, dict[str, Any
         emits=[ChatReplyRequestedV1],
         on_dead_letter="park" if park else "continue",
     )(handler)
-    table: dict[str, Any] = {}
+    table = Entities()
     pub = MemoryPublisher()
     settings = Settings(topic_prefix="p.", _env_file=None)  # type: ignore[call-arg]
-    return Dispatcher(rt.agents["count"], settings, StateStore(table, Counter, 1000), pub, {}), table, pub
+    return Dispatcher(rt.agents["count"], settings, StateStore(table, Counter), pub, {}), table, pub
 
 
 def dlq_count(reason: str) -> float:
@@ -176,7 +178,7 @@ async def test_exhausted_retries_are_not_run_again_on_redelivery() -> None:
     assert await d.handle(rec) == "dlq"
     attempts = len(calls)
     assert await d.handle(rec) == "duplicate"
-    assert len(calls) == attempts and len(pub.sent) == 1 and table == {}
+    assert len(calls) == attempts and len(pub.sent) == 1 and table.empty()
     # the next record of the subject still runs
     assert await d.handle(stamped(record(id="e2", offset=10))) == "dlq"
     assert len(pub.sent) == 2

@@ -25,7 +25,6 @@ changed, then update the rows and the pins below.
 from __future__ import annotations
 
 import ast
-import contextvars
 import functools
 import importlib
 import importlib.metadata
@@ -36,8 +35,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import time
-import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -132,17 +129,17 @@ INVENTORY: tuple[Private, ...] = (
     Private("send", TXNS, OVERRIDE, "async (topic, key, value, partition, timestamp, headers, transactional_id)", "VigilTransactions", "(public) refuses writes that bypass TransactionalEffects"),
     Private("_settings_default", PRODUCER, CALL, "()", "", "the app's producer settings, reused by each transactional producer"),
     Private("_settings_auth", PRODUCER, CALL, "()", "", "the app's producer credentials, reused by each transactional producer"),
-    # -- faust table store and current event (exactly-once writes, streams.core.effects / streams.adapter.worker) --------
-    Private("_encode_key", STORE, CALL, "(key)", "", "the changelog key, encoded as Faust's table[key] = value would"),
-    Private("_encode_value", STORE, CALL, "(value)", "", "the changelog value, encoded as Faust's table[key] = value would"),
-    Private("_set", STORE, CALL, "(key, value)", "", "the local RocksDB write after the broker took the changelog record (partition from the current event)"),
-    Private("_current_event", "faust.streams", MODULE, "ContextVar", "", "set per record in the scheduler's task, so table reads/writes find the record's partition"),
+    Private("_ensure_producer", PRODUCER, CALL, "()", "", "the aiokafka producer under the app's: outputs and changelog records skip Faust's per-record wrapper"),
+    # -- faust table store: reads and batched writes by partition (streams.adapter.tables) --------------------------
+    Private("_db_for_partition", STORE, CALL, "(partition)", "", "the RocksDB store of one partition: one get per read, one WriteBatch per write (also the bulk restore's batches)"),
+    Private("_dbs", STORE, ATTR, "dict", "", "the partitions whose store is open: a late changelog ack must not reopen a revoked one", (f"{STORE}.__init__",)),
     # -- faust table recovery (streams.adapter.recovery watchdog, streams.adapter.observability readiness) ------------------
     Private("_recovery_started_at", RECOVERY, ATTR, "NoneType|float", "", "watchdog: start of the current recovery", (f"{FREC}._set_recovery_started",)),
     Private("_active_events_received_at", RECOVERY, ATTR, "dict", "", "watchdog: when each active changelog partition last got a record", (f"{FREC}.__init__",)),
     Private("active_offsets", RECOVERY, ATTR, "Counter", "", "(public, not in RecoveryT) watchdog: last applied offset per changelog partition", (f"{FREC}.__init__",)),
     Private("active_highwaters", RECOVERY, ATTR, "Counter", "", "(public, not in RecoveryT) watchdog: where recovery of each partition ends", (f"{FREC}.__init__",)),
     Private("completed", RECOVERY, ATTR, "Event", "", "(public, not in RecoveryT) readiness: set once the first assignment is recovered", (f"{FREC}.__init__",)),
+    # -- faust table recovery: the bulk restore (streams.adapter.restore) -------------------------------------------------
     # -- aiokafka -------------------------------------------------------------------------------------------
     Private("_client", KAFKA_CONSUMER, ATTR, "AIOKafkaClient", "", "force_metadata_update when the first metadata predates a topic (streams.kafka, DLQ tooling, ops/bench)"),
     Private("force_metadata_update", KAFKA_CLIENT, CALL, "()", "", "(public, reached through _client) returns the future Vigil awaits"),
@@ -343,30 +340,32 @@ def test_attribute(row: Private, live: dict[str, Any]) -> None:
 
 
 # -- behaviour Vigil builds on, checked on real objects ---------------------------------------------------
-async def test_current_event_routes_the_exactly_once_store_write(live: dict[str, Any]) -> None:
-    """streams.adapter.worker sets ``_current_event`` per record; streams.core.effects writes the changelog
-    value with ``_encode_key``/``_encode_value``/``_set``: the write must land in the record's
-    partition and read back through the table as a plain ``table[key] = value`` would."""
-    import faust.streams as faust_streams
-    from faust.events import Event
-    from faust.types.tuples import Message
+async def test_partition_writes_land_in_that_partition_and_read_back_through_faust(
+    live: dict[str, Any],
+) -> None:
+    """streams.adapter.tables writes a partition's store in one WriteBatch and reads it by partition;
+    Faust must see the same bytes under the same key (recovery, persisted offsets)."""
+    from faust.types import TP
 
-    app, store = live["vigil_app"], live[STORE]
-    message = Message("contract.source.v1", 2, 7, time.time(), 0, [], b"s1", b"{}", None)
-    event = Event(app, b"s1", b"{}", [], message)
-    key, value = store._encode_key("s1"), store._encode_value({"handled": ["e1"]})
+    from streams.adapter.tables import FaustTable
+    from streams.core.tables import str_key
 
-    def write() -> None:
-        faust_streams._current_event.set(weakref.ref(event))
-        assert faust_streams.current_event() is event, (
-            "faust.streams.current_event() no longer reads _current_event"
-        )
-        store._set(key, value)
-
-    contextvars.copy_context().run(write)
-    assert isinstance(key, bytes) and isinstance(value, bytes)
-    assert store._db_for_partition(2).get(key) == value, "_set did not write to the current event's partition"
-    assert store["s1"] == {"handled": ["e1"]}, "what _set wrote does not read back through the store"
+    store = live[STORE]
+    table = FaustTable(store.table, lambda: None)
+    key = str_key("s1")
+    table.apply_local(2, [(key, b'{"v":2}'), (b"\x00id\x00e1", b"\x01" * 8)])
+    assert 2 in store._dbs, "_db_for_partition did not open the partition's store"
+    assert table.get(2, key) == b'{"v":2}' and table.get(1, key) is None, "the write left its partition"
+    assert store._db_for_partition(2).get(key) == b'{"v":2}'
+    assert store._encode_key("s1") == key, "Faust no longer encodes str keys as JSON strings"
+    assert next(iter(table.entries_from(2, b"\x00id\x00"))) == (b"\x00id\x00e1", b"\x01" * 8), (
+        "not in key order"
+    )
+    assert 2 in table.open_partitions()
+    table.apply_local(2, [(key, None)])
+    assert table.get(2, key) is None, "a None value must delete"
+    store.set_persisted_offset(TP(table.changelog_topic, 2), 41)
+    assert store.persisted_offset(TP(table.changelog_topic, 2)) == 41
 
 
 # litellm's Router builds a pydantic schema of a TypedDict with ReadOnly items on first use; pydantic

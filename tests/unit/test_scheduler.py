@@ -36,14 +36,14 @@ async def test_one_subject_at_a_time_in_offset_order_and_bounded_concurrency() -
     peak = 0
     seen: dict[str, list[int]] = {}
 
-    async def process(item: tuple[str, int]) -> None:
+    async def process(items: list[tuple[str, int]]) -> None:
         nonlocal peak
-        key, n = item
+        [key] = {k for k, _ in items}  # a batch holds one lane
         assert key not in running, "two records of one subject ran at once"
         running.add(key)
         peak = max(peak, len(running))
         await asyncio.sleep(rng.random() / 500)
-        seen.setdefault(key, []).append(n)
+        seen.setdefault(key, []).extend(n for _, n in items)
         running.discard(key)
 
     tracker = OffsetTracker("t")
@@ -68,7 +68,7 @@ async def test_buffer_limit_pauses_and_draining_resumes() -> None:
     gate = asyncio.Event()
     events: list[str] = []
 
-    async def process(_: int) -> None:
+    async def process(_: list[int]) -> None:
         await gate.wait()
 
     sched: KeyOrderedScheduler[int] = KeyOrderedScheduler(
@@ -93,20 +93,20 @@ async def test_drain_finishes_running_drops_queued_and_cancels_after_grace() -> 
     slow = asyncio.Event()
     finished: list[int] = []
 
-    async def process(n: int) -> None:
-        if n == 0:
+    async def process(batch: list[int]) -> None:
+        if 0 in batch:
             await slow.wait()  # never set: outlives the grace period
         else:
             await asyncio.sleep(0.01)
-        finished.append(n)
+        finished.extend(batch)
 
     tracker = OffsetTracker("t")
     sched: KeyOrderedScheduler[int] = KeyOrderedScheduler(process, tracker, concurrency=4, max_buffered=100)
     sched.start()
     sched.submit(P0, 0, "a", 0)  # stuck
     sched.submit(P0, 1, "b", 1)  # finishes during the drain
+    await asyncio.sleep(0)  # both batches start
     sched.submit(P0, 2, "a", 2)  # queued behind the stuck one: dropped
-    await asyncio.sleep(0)
     cancelled = await sched.drain(None, grace=0.3)
     assert cancelled == 1
     assert finished == [1]
