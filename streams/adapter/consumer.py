@@ -138,8 +138,9 @@ class VigilConsumer(faust_aiokafka.Consumer):
         await super().perform_seek()
 
     def pause_partitions(self, tps: Iterable[TP]) -> None:
-        startup.mark("group_join")  # first call: Faust pauses the partitions it was just assigned
         tpset = set(tps)
+        if any(not self._is_changelog_tp(tp) for tp in tpset):  # tables pause changelogs at start
+            startup.mark("group_join")  # first call: Faust pauses the partitions it was just assigned
         super().pause_partitions(tpset)
         self._resume_after_clear.difference_update(tpset)
 
