@@ -75,7 +75,7 @@ def confluent_loop(bootstrap: str, source: str, target: str, group: str, count: 
     try:
         done = 0
         while done < count:
-            batch = [m for m in consumer.consume(num_messages=2000, timeout=1.0) if m.error() is None]
+            batch = [m for m in consumer.consume(num_messages=2000, timeout=0.1) if m.error() is None]
             for m in batch:
                 value = reply(m.key(), m.value(), counts)
                 while True:

@@ -110,7 +110,9 @@ class Bench:
 
     # -- topics ------------------------------------------------------------------------------
     async def create(self, prefix: str, *extra: str) -> None:
-        await topics.create(self.bootstrap, [prefix + n for n in (IN, OUT, DLQ, *extra)], PARTITIONS)
+        """A Vigil worker's topics on ``prefix`` (its output stamped by the broker) and ``extra``."""
+        await topics.create(self.bootstrap, [prefix + n for n in (IN, DLQ, *extra)], PARTITIONS)
+        await topics.create(self.bootstrap, [prefix + OUT], PARTITIONS, topics.APPEND_TIME)
 
     async def send(self, topic: str, records: Sequence[EncodedRecord]) -> None:
         await topics.send_all(self.producer, topic, records)

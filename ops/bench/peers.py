@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 
 from ops.bench import quix_venv, raw, topics
-from ops.bench.context import Bench, say
+from ops.bench.context import PARTITIONS, Bench, say
 from ops.bench.pipeline import Input
 from ops.bench.procs import REPO, Child, base_env
 from ops.bench.records import rate
@@ -35,9 +35,8 @@ class References:
 async def measure(bench: Bench, source: Input) -> References:
     refs = References()
     p = source.prefix
-    await topics.create(
-        bench.bootstrap, [p + n for n in ("faust.out", "quix.out", "aiokafka.out", "confluent.out")], 6
-    )
+    outputs = ("raw.out", "faust.out", "quix.out", "aiokafka.out", "confluent.out")
+    await topics.create(bench.bootstrap, [p + n for n in outputs], PARTITIONS, topics.APPEND_TIME)
 
     say("P1: raw aiokafka consume->produce loop")
     await raw.consume_produce(bench.bootstrap, source.topic, p + "raw.out", p + "raw-group", source.count)

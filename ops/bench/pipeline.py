@@ -56,7 +56,7 @@ async def prepare(bench: Bench) -> Input:
     """The P1 input, produced once: every loop of P1, P1q and the ceiling reads it."""
     s = bench.sizes
     p = bench.prefix("pipe")
-    await bench.create(p, "raw.out", "raw.age")
+    await bench.create(p, "raw.age")
     say(
         f"P1: producing {s.records} records of ~{RECORD_BYTES} B, {s.subjects} subjects, {PARTITIONS} partitions"
     )

@@ -17,12 +17,22 @@ Offsets: TypeAlias = dict[int, int]
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 
-async def create(bootstrap: str, names: Iterable[str], partitions: int) -> None:
+#: output topics: the broker stamps each record when it appends it, so a rate read off the
+#: timestamps is the writer's, whatever timestamp its client sets (Quix Streams copies the
+#: input record's by default)
+APPEND_TIME = {"message.timestamp.type": "LogAppendTime"}
+
+
+async def create(
+    bootstrap: str, names: Iterable[str], partitions: int, configs: dict[str, str] | None = None
+) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         with contextlib.suppress(TopicAlreadyExistsError):
-            await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
+            await admin.create_topics(
+                [NewTopic(n, partitions, 1, topic_configs=configs or {}) for n in names]
+            )
     finally:
         await admin.close()
 
