@@ -14,6 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
+import streams.observability.startup
+import streams.sinks.metrics
+import streams.sources.gateway.metrics
+import streams.sources.metrics  # noqa: F401 - every module that registers into the shared registry
 from streams.observability import metrics
 from tests.promql import exported_series, metric_names, selectors, variable_query_expr
 
