@@ -13,6 +13,7 @@ or tpm limit) raises ``streams.core.backpressure.Blocked`` without reaching the 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -111,12 +112,29 @@ class LLMClient:
     ALIAS = "default"
 
     def __init__(self, settings: Settings) -> None:
-        from litellm.router import Router  # imported lazily: litellm takes seconds to import
-
         self.settings = settings
-        self._router = Router(**router_config(settings, self.ALIAS))
+        self._config = router_config(settings, self.ALIAS)
+        #: built at the first call: importing litellm costs seconds of CPU, which a worker whose
+        #: agents never call the LLM should not pay before its first event
+        self._router: Any = None
+        self._building: asyncio.Lock | None = None
         self._circuits: dict[str, CircuitBreaker] = {}
         self._budgets: dict[str, TokenBudget] = {}
+
+    async def router(self) -> Any:
+        """litellm's Router, imported and built off the event loop the first time."""
+        if self._router is None:
+            if self._building is None:
+                self._building = asyncio.Lock()
+            async with self._building:
+                if self._router is None:
+                    self._router = await asyncio.to_thread(self._build_router)
+        return self._router
+
+    def _build_router(self) -> Any:
+        from litellm.router import Router
+
+        return Router(**self._config)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LLMClient:
@@ -171,6 +189,7 @@ class LLMClient:
         from litellm.types.router import RouterRateLimitError
 
         main = self.settings.llm_model
+        router = await self.router()  # the first call imports litellm: not part of its latency
         budget = self.budget(agent)
         circuit = self.circuit(agent)
         try:
@@ -181,7 +200,7 @@ class LLMClient:
             raise
         started = time.perf_counter()
         try:
-            response = await self._router.acompletion(
+            response = await router.acompletion(
                 model=self.ALIAS, messages=messages, **({"tools": tools} if tools else {}), **kwargs
             )
         except exceptions.RateLimitError as exc:

@@ -9,12 +9,24 @@ from collections.abc import Callable
 from typing import Any
 
 import faust
+from faust.tables.manager import TableManager
 
 from streams.adapter.consumer import Drainable, VigilConsumer
 from streams.adapter.transactions import mark_clean_stop
 from streams.core.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class VigilTableManager(TableManager):
+    """Faust's manager sleeps a second at start, so that agents may still declare tables while
+    they start; Vigil declares every table before the worker starts (``bind_agent``), and the
+    second was half of a worker's cold start."""
+
+    async def on_start(self) -> None:
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
 
 
 class VigilApp(faust.App):
@@ -100,6 +112,7 @@ def create_app(settings: Settings) -> VigilApp:
     app = VigilApp(
         settings.group_id,
         broker=brokers,
+        TableManager=VigilTableManager,
         store="rocksdb://",  # faust's RocksDB store; tables pick the rocksdict driver (streams.adapter.worker)
         datadir=str(settings.data_dir),
         autodiscover=False,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -102,6 +103,7 @@ class Dispatcher:
         self.dlq_topic = settings.topic(spec.dlq_topic)
         self._typed: type[Envelope[Any]] = Envelope[spec.payload]  # type: ignore[name-defined]
         self._type = spec.payload.event_type
+        self._type_bytes = self._type.encode()
         self._base = spec.payload.event_base
         self._counters: dict[tuple[str, str], Any] = {}
         self._handler_seconds = metrics.HANDLER_SECONDS.labels(spec.name)
@@ -173,14 +175,14 @@ class Dispatcher:
             return
         writes = self.store.writes(batch.subject, batch.entity, batch.ids, _now_ms())
         await self.effects.apply(batch.record, batch.outputs, writes)
-        for type_ in batch.types:
-            self._count(type_, "ok")
+        for type_, n in Counter(batch.types).items():
+            self._count(type_, "ok", n)
         batch.outputs, batch.ids, batch.types, batch.record = [], [], [], None
 
     def _decode_fast(self, record: ConsumedRecord) -> Envelope[Payload] | None:
         """The typed envelope straight from the bytes when the record carries the agent's own
         type and version; None for anything else (the slow path explains what is wrong)."""
-        if record.value is None or codec.header(record.headers, "ce_type") != self._type.encode():
+        if record.value is None or codec.header(record.headers, "ce_type") != self._type_bytes:
             return None
         try:
             event: Envelope[Payload] = self._typed.model_validate_json(record.value)
@@ -386,12 +388,12 @@ class Dispatcher:
             topic = self._topics[event.type] = self.settings.topic(topics.for_type(event.type).name)
         return Output(topic, codec.encode(event))
 
-    def _count(self, type_: str | bytes | None, outcome: str) -> None:
+    def _count(self, type_: str | bytes | None, outcome: str, n: int = 1) -> None:
         name = type_.decode(errors="replace") if isinstance(type_, bytes) else (type_ or "unknown")
         counter = self._counters.get((name, outcome))
         if counter is None:
             counter = self._counters[(name, outcome)] = metrics.EVENTS.labels(self.spec.name, name, outcome)
-        counter.inc()
+        counter.inc(n)
 
     async def _dead_letter(
         self,

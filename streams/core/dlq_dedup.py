@@ -110,13 +110,21 @@ class DeadLetterMarks:
     def __init__(self, table: PartitionedTable | None = None, limit: int = MAX_MARKS) -> None:
         self.table: PartitionedTable = table if table is not None else MemoryTable("dlq-marks")
         self._limit = limit
+        self._keys: dict[tuple[str, int], bytes] = {}
+
+    def key(self, topic: str, partition: int) -> bytes:
+        """The stored key of a partition's window (computed once per partition: read per record)."""
+        key = self._keys.get((topic, partition))
+        if key is None:
+            key = self._keys[(topic, partition)] = str_key(window_key(topic, partition))
+        return key
 
     def window(self, topic: str, partition: int) -> DeadLetterWindow:
-        return DeadLetterWindow.decode(self.table.get(partition, str_key(window_key(topic, partition))))
+        return DeadLetterWindow.decode(self.table.get(partition, self.key(topic, partition)))
 
     def seen(self, record: ConsumedRecord) -> bool:
         """Whether ``record`` (its topic, partition, offset and timestamp) was dead-lettered."""
-        value = self.table.get(record.partition, str_key(window_key(record.topic, record.partition)))
+        value = self.table.get(record.partition, self.key(record.topic, record.partition))
         if value is None:
             return False
         return DeadLetterWindow.decode(value).contains(record.offset, record.timestamp_ms)
@@ -127,7 +135,7 @@ class DeadLetterMarks:
         the window in between."""
         window = self.window(record.topic, record.partition)
         window.add(record.offset, record.timestamp_ms, self._limit)
-        return str_key(window_key(record.topic, record.partition)), window.encode()
+        return self.key(record.topic, record.partition), window.encode()
 
 
 def origin_key(

@@ -130,6 +130,9 @@ INVENTORY: tuple[Private, ...] = (
     Private("_settings_default", PRODUCER, CALL, "()", "", "the app's producer settings, reused by each transactional producer"),
     Private("_settings_auth", PRODUCER, CALL, "()", "", "the app's producer credentials, reused by each transactional producer"),
     Private("_ensure_producer", PRODUCER, CALL, "()", "", "the aiokafka producer under the app's: outputs and changelog records skip Faust's per-record wrapper"),
+    # -- faust table manager: start without Faust's one-second sleep (streams.adapter.app) -----------------------------
+    Private("_update_channels", "faust.tables.manager:TableManager", CALL, "async ()", "", "what TableManager.on_start does after its 1 s sleep, which VigilTableManager skips"),
+    Private("on_start", "faust.tables.manager:TableManager", OVERRIDE, "async ()", "VigilTableManager", "(public) Faust's start minus the sleep: every table is declared before the worker starts"),
     # -- faust table store: reads and batched writes by partition (streams.adapter.tables) --------------------------
     Private("_db_for_partition", STORE, CALL, "(partition)", "", "the RocksDB store of one partition: one get per read, one WriteBatch per write (also the bulk restore's batches)"),
     Private("_dbs", STORE, ATTR, "dict", "", "the partitions whose store is open: a late changelog ack must not reopen a revoked one", (f"{STORE}.__init__",)),
