@@ -28,6 +28,7 @@ from streams import kafka
 from streams.adapter import idle, observability, recovery, transactions
 from streams.adapter.app import VigilApp, create_app
 from streams.adapter.consumer import VigilConsumer
+from streams.adapter.restore import install as install_bulk_restore
 from streams.adapter.tables import FaustTable
 from streams.adapter.transactional_effects import TransactionalEffects
 from streams.core import dlq_dedup, topics
@@ -109,7 +110,9 @@ def bind_agent(
         app.Table(
             spec.table_name,
             partitions=settings.partitions,
-            key_type=str,  # keys are JSON strings (streams.core.tables.str_key)
+            # raw keys: subjects are JSON strings (streams.core.tables.str_key) but the id index's are
+            # not, and Faust's own recovery decodes changelog keys with this type
+            key_type=bytes,
             value_type=bytes,  # values are written raw by streams.core.state
             options={"driver": "rocksdict"},
         ),
@@ -323,6 +326,7 @@ def run_worker(
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     app = build_app(settings, specs, runtime.build_resources(settings))
+    install_bulk_restore(app)  # bulk changelog restore before Faust's recovery (streams.adapter.restore)
     if settings.processing_guarantee == "exactly_once":
         transactions.prepare_local_state(app.conf.tabledir)
     obs = observability.install(app, settings, specs)

@@ -143,6 +143,8 @@ INVENTORY: tuple[Private, ...] = (
     Private("active_highwaters", RECOVERY, ATTR, "Counter", "", "(public, not in RecoveryT) watchdog: where recovery of each partition ends", (f"{FREC}.__init__",)),
     Private("completed", RECOVERY, ATTR, "Event", "", "(public, not in RecoveryT) readiness: set once the first assignment is recovered", (f"{FREC}.__init__",)),
     # -- faust table recovery: the bulk restore (streams.adapter.restore) -------------------------------------------------
+    Private("_build_offsets", RECOVERY, OVERRIDE, "async (consumer, tps, destination, title)", "VigilRecovery", "after Faust's start offsets, the bulk restore reads each active changelog partition to its highwater", (f"{FREC}._restart_recovery",)),
+    Private("_recovery", "faust.tables.manager:TableManager", ATTR, "NoneType", "", "class default None until first use: install puts VigilRecovery there, the recovery property builds one only when unset", ("faust.tables.manager:TableManager.recovery",)),
     # -- aiokafka -------------------------------------------------------------------------------------------
     Private("_client", KAFKA_CONSUMER, ATTR, "AIOKafkaClient", "", "force_metadata_update when the first metadata predates a topic (streams.kafka, DLQ tooling, ops/bench)"),
     Private("force_metadata_update", KAFKA_CLIENT, CALL, "()", "", "(public, reached through _client) returns the future Vigil awaits"),
@@ -185,6 +187,7 @@ def function_of(obj: Any) -> Callable[..., Any]:
         assert obj.fget is not None
         obj = obj.fget
     obj = getattr(obj, "__func__", obj)  # staticmethod/classmethod
+    obj = getattr(obj, "fun", obj)  # mode's @Service.task (a ServiceTask holding the method)
     return inspect.unwrap(obj)  # type: ignore[no-any-return]
 
 
