@@ -117,7 +117,7 @@ class Registry:
         wanted = target or self.latest(base)
         payload = self.upcast(raw.type, raw.data, wanted)
         attrs = raw.model_dump(exclude={"data", "type"})
-        return Envelope[Payload].model_construct(**attrs, type=wanted.event_type, data=payload)
+        return _ENVELOPE.model_construct(**attrs, type=wanted.event_type, data=payload)
 
     # -- exporting ---------------------------------------------------------------------------
     def json_schemas(self) -> dict[str, dict[str, Any]]:
@@ -134,6 +134,9 @@ class Registry:
     def envelope_schema(self) -> dict[str, Any]:
         return RawEnvelope.model_json_schema()
 
+
+#: held here: pydantic caches parametrised models only weakly (rebuilt after each collection)
+_ENVELOPE = Envelope[Payload]
 
 #: the process-wide registry that event modules declare into
 registry = Registry()
