@@ -229,8 +229,8 @@ class VigilRecovery(Recovery):
             return
         started = time.monotonic()
         reader = self.reader()
-        await reader.start()
         try:
+            await reader.start()
             await restore(reader, targets, started + self.app.conf.broker_request_timeout / 2)
         finally:
             await reader.stop()
