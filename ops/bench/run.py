@@ -14,6 +14,7 @@ reference measured in the same run, on the same broker, topics (6 partitions) an
 | P9 | process start to first event, tables present, median | 2 s (Quix's start beside it) | <= 1 |
 | P1q | P1 | a Quix Streams app doing the same work | report |
 | ceiling | P1 | bare aiokafka vs confluent-kafka decode loops | report |
+| G1 | signed GitHub webhooks/s through `vigil gateway` (acks=all) | a bare aiohttp handler checking the HMAC | >= 0.5 |
 | vi_llm | CPU per call of Vigil's LLM client | litellm, Router, raw aiohttp | (extra) |
 
 Phases live in their own modules: ``pipeline`` (P1, P1c, P1h, P3, P2), ``peers`` (the P1
@@ -41,7 +42,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: python ops/bench/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from ops.bench import guarantee, llm, peers, pipeline, report
+from ops.bench import gateway, guarantee, llm, peers, pipeline, report
 from ops.bench.context import Bench, Sizes, say
 from ops.bench.records import BenchError
 from ops.bench.report import AT_LEAST
@@ -75,7 +76,7 @@ SMALL = Sizes(
     llm_calls=20,
     peers=False,
 )
-PARTS = ["pipeline", "state", "llm"]
+PARTS = ["pipeline", "state", "gateway", "llm"]
 
 
 def throughput_figures(p1: float, refs: peers.References, sizes: Sizes) -> dict[str, Any]:
@@ -115,6 +116,20 @@ def throughput_figures(p1: float, refs: peers.References, sizes: Sizes) -> dict[
     return out
 
 
+async def gateway_figure(bench: Bench) -> dict[str, Any]:
+    """G1 (issue 15): signed GitHub webhooks/s through ``vigil gateway`` (acks=all, 202 after
+    the ack) vs a bare aiohttp handler that checks the HMAC and answers 202 without Kafka."""
+    say("G1: webhook gateway vs a bare HMAC-checking handler")
+    got = await gateway.measure(bench.bootstrap, seconds=2.0 if bench.small else 10.0)
+    return report.entry(
+        got["gateway_requests_per_s"],
+        "requests/s",
+        {"bare_handler": got["bare_requests_per_s"]},
+        {"bare_handler": (AT_LEAST, 0.5)},
+        {k: v for k, v in got.items() if k not in ("gateway_vs_bare", "goal")},
+    )
+
+
 async def run_all(bench: Bench, parts: Sequence[str], keep_topics: bool) -> dict[str, Any]:
     result: dict[str, Any] = {"mode": "small" if bench.small else "full"}
     started = time.monotonic()
@@ -139,6 +154,8 @@ async def run_all(bench: Bench, parts: Sequence[str], keep_topics: bool) -> dict
                     refs.quix_first_output_s,
                 )
                 result.update(await phase.measure())
+        if "gateway" in parts:
+            result["G1"] = await gateway_figure(bench)
         if "llm" in parts:
             result["vi_llm"] = await llm.measure(bench)
     finally:

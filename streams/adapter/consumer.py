@@ -40,6 +40,9 @@ from streams.observability import startup
 
 log = logging.getLogger(__name__)
 
+#: seconds one fetch may wait for records (Faust asks for 1 s)
+FETCH_WAIT = 0.2
+
 
 class Drainable(Protocol):
     tracker: OffsetTracker
@@ -215,7 +218,10 @@ class VigilConsumer(faust_aiokafka.Consumer):
                 await asyncio.sleep(min(timeout, 0.05))
                 return {}
         generation = self.app.consumer_generation_id
-        records = await super()._getmany(wanted, timeout)
+        # The wait runs on a snapshot of the active partitions: a partition resumed meanwhile
+        # (after recovery, ``resume_flow``) is fetched only by the next call. Faust waits up to
+        # 1 s; a shorter wait brings the first record after a rebalance up to 0.8 s sooner.
+        records = await super()._getmany(wanted, min(timeout, FETCH_WAIT))
         if records and getattr(self.app, "vigil_fail_changelog_fetches", 0) > 0:
             records = self._drop_changelog_fetch(records)
         if wanted is not None and records:

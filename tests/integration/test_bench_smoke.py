@@ -18,7 +18,7 @@ from tests.support import REPO
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-FIGURES = ["P1", "P1h", "P1c", "P2", "P3", "P4", "P5", "P8", "P9", "P1q", "ceiling"]
+FIGURES = ["P1", "P1h", "P1c", "P2", "P3", "P4", "P5", "P8", "P9", "P1q", "ceiling", "G1"]
 #: small mode skips the Quix venv (P1q, ceiling) and the 1,000,000-state table (P5)
 SKIPPED_IN_SMALL = {"P1q", "ceiling", "P5"}
 REFERENCES = {
@@ -30,6 +30,7 @@ REFERENCES = {
     "P4": {"raw_changelog_read"},
     "P8": {"at_least_once"},
     "P9": {"goal_s"},
+    "G1": {"bare_handler"},
 }
 LLM = [
     "vigil_client_cpu_ms",
