@@ -11,11 +11,8 @@ import asyncio
 import json
 import logging
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -28,40 +25,13 @@ os.environ.setdefault("VIGIL_WEB_PORT", "0")
 LLM_PORT = int(os.environ.get("VIGIL_DEMO_LLM_PORT", "8089"))
 os.environ.setdefault("VIGIL_LLM_API_BASE", f"http://127.0.0.1:{LLM_PORT}/v1")
 
+from demo_procs import port_open, say, stop, wait  # noqa: E402 - ops/ is the script's directory
+
 from schemas import RawEnvelope  # noqa: E402
 from streams import Settings, kafka  # noqa: E402
 from streams.core import codec  # noqa: E402
 
 VIGIL = str(Path(sys.executable).with_name("vigil"))
-
-
-def say(msg: str) -> None:
-    print(f"==> {msg}", flush=True)
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"demo: timed out waiting for {what}")
-        time.sleep(0.2)
-
-
-def stop(proc: subprocess.Popen[bytes], name: str) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-    say(f"stopped {name} (pid {proc.pid})")
 
 
 def script(run: str) -> tuple[list[codec.EncodedRecord], list[str]]:

@@ -15,9 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,35 +23,13 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # tests/postgres.py: the same server the CDC tests use
 
+from demo_procs import say, stop, wait  # noqa: E402 - ops/ is the script's directory
+
 from streams import Settings, kafka  # noqa: E402
 from tests.postgres import start_postgres  # noqa: E402
 
 VIGIL = str(Path(sys.executable).with_name("vigil"))
 TOPIC = "db.public.customers.v1"
-
-
-def say(msg: str) -> None:
-    print(f"==> {msg}", flush=True)
-
-
-def wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise SystemExit(f"demo: timed out waiting for {what}")
-        time.sleep(0.2)
-    return value
-
-
-def stop(proc: subprocess.Popen[bytes], name: str) -> None:
-    if proc.poll() is None:
-        proc.terminate()  # SIGTERM to this PID only
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    say(f"stopped {name} (pid {proc.pid})")
 
 
 def run(logs: Path) -> None:

@@ -14,16 +14,16 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from demo_procs import free_port, say, stop, wait
 
 from streams import Settings, kafka
 
@@ -31,36 +31,6 @@ VIGIL = str(Path(sys.executable).with_name("vigil"))
 SOURCE = "inbox"
 TOPIC = f"files.{SOURCE}.v1"
 DEADLINE = 30.0  # seconds from the rename to the agent's log line
-
-
-def say(msg: str) -> None:
-    print(f"==> {msg}", flush=True)
-
-
-def wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise SystemExit(f"demo: timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.1)
-    return value
-
-
-def stop(proc: subprocess.Popen[bytes], name: str) -> None:
-    if proc.poll() is None:
-        proc.terminate()  # SIGTERM to this PID only
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    say(f"stopped {name} (pid {proc.pid})")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def ready(proc: subprocess.Popen[bytes], port: int, log: Path) -> bool:

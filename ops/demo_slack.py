@@ -15,18 +15,18 @@ import hashlib
 import hmac
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+
+from demo_procs import free_port, say, stop, wait  # noqa: E402 - ops/ is the script's directory
 
 from schemas import RawEnvelope  # noqa: E402
 from streams import Settings, kafka  # noqa: E402
@@ -39,36 +39,6 @@ SLACK_TOKEN = "xoxb-demo"
 GITHUB_TOKEN = "ghp-demo"
 BOT_USER = "U0VIGILBOT"  # the fake Slack's bot user
 AGENTS = "slack_mentions,slack_dms,slack_chat_replies,slack_replies,github_comments"
-
-
-def say(msg: str) -> None:
-    print(f"==> {msg}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise SystemExit(f"demo: timed out waiting for {what}")
-        time.sleep(0.3)
-    return value
-
-
-def stop(proc: subprocess.Popen[bytes], name: str) -> None:
-    if proc.poll() is None:
-        proc.terminate()  # SIGTERM to this PID only
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    say(f"stopped {name} (pid {proc.pid})")
 
 
 def http(url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
