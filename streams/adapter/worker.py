@@ -96,6 +96,18 @@ def topics_for(settings: Settings, specs: Iterable[AgentSpec]) -> set[str]:
     return {settings.topic(n) for n in names}
 
 
+def store_options(settings: Settings) -> dict[str, Any]:
+    """RocksDB options of a table's partition stores. Faust's defaults (a 2 GiB block cache and
+    up to 3 x 64 MiB memtables per partition store) let a worker's memory grow with its state;
+    these bound it."""
+    return {
+        "driver": "rocksdict",
+        "write_buffer_size": settings.rocksdb_write_buffer_bytes,
+        "max_write_buffer_number": 2,
+        "block_cache_size": settings.rocksdb_block_cache_bytes,
+    }
+
+
 def bind_agent(
     app: VigilApp, spec: AgentSpec, settings: Settings, resources: Mapping[str, Any]
 ) -> Dispatcher:
@@ -115,7 +127,7 @@ def bind_agent(
             # not, and Faust's own recovery decodes changelog keys with this type
             key_type=bytes,
             value_type=bytes,  # values are written raw by streams.core.state
-            options={"driver": "rocksdict"},
+            options=store_options(settings),
         ),
         lambda: kafka_producer(app),
     )
@@ -126,7 +138,7 @@ def bind_agent(
             partitions=settings.partitions,
             key_type=str,
             value_type=bytes,  # faust stores bytes values raw
-            options={"driver": "rocksdict"},
+            options=store_options(settings),
         ),
         lambda: kafka_producer(app),
     )

@@ -39,6 +39,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds a handled event id is remembered (a re-send or replay of an older id runs again)",
     )
+    rocksdb_write_buffer_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024 * 1024, description="RocksDB memtable size per table partition store"
+    )
+    rocksdb_block_cache_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024 * 1024, description="RocksDB block cache per table partition store"
+    )
     commit_interval: float = Field(1.0, gt=0, description="Seconds between offset commits")
     concurrency: int = Field(
         16, ge=1, le=10000, description="Default records of distinct subjects in flight per agent"
