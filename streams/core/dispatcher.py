@@ -5,7 +5,9 @@ emit -> state.
 The common case runs as a batch: consecutive records of the lane are decoded once (typed, from
 the bytes), handled one after the other on the entity's state in memory, and made durable
 together: their outputs acknowledged by the broker, then one state write carrying all their
-handled ids. A batch costs one broker round trip however many records it holds. Anything
+handled ids. A batch costs one broker round trip however many records it holds; once its
+handlers have run ``MAX_BATCH_SECONDS`` it is made durable before the next record, so slow
+handlers (an LLM call) publish and save record by record. Anything
 else (a dead letter, a control record, a parked subject, a handler that failed once, a gate)
 first makes the batch so far durable, then takes the record-at-a-time path with the full
 error handling.
@@ -61,12 +63,18 @@ class ParkedError(VigilError):
         )
 
 
+#: a batch is made durable once its handlers have run this long: fast handlers share a round
+#: trip, slow ones (an LLM call) publish and save after each record, as if unbatched
+MAX_BATCH_SECONDS = 0.05
+
+
 class _Batch:
     """Handled records of one entity whose writes are not applied yet."""
 
-    __slots__ = ("entity", "ids", "outputs", "record", "subject", "types")
+    __slots__ = ("entity", "ids", "outputs", "record", "started", "subject", "types")
 
     def __init__(self) -> None:
+        self.started = 0.0
         self.subject: str | None = None
         self.entity: EntityRecord | None = None
         self.record: ConsumedRecord | None = None
@@ -122,6 +130,8 @@ class Dispatcher:
         for record in records:
             try:
                 outcomes.append(await self._batched(record, batch))
+                if batch.ids and time.monotonic() - batch.started >= MAX_BATCH_SECONDS:
+                    await self._flush(batch)
             except _NeedsSlowPath as slow:
                 await self._flush(batch)
                 batch.entity = None  # the record-at-a-time path may change the entity: read it again
@@ -155,6 +165,7 @@ class Dispatcher:
             return "duplicate"
         if entity.parked and self.spec.on_dead_letter == "park":
             raise _NeedsSlowPath
+        started = time.monotonic()
         try:
             ctx = await self._attempt(event, entity, 1)
         except asyncio.CancelledError:
@@ -164,6 +175,8 @@ class Dispatcher:
         except Exception as exc:  # noqa: BLE001 - retried or dead-lettered on the slow path
             raise _NeedsSlowPath(exc) from None
         entity.state = ctx.state
+        if not batch.ids:
+            batch.started = started
         batch.outputs.extend(self._output(ev) for ev in ctx.pending)
         batch.ids.append(event.id)
         batch.types.append(event.type)

@@ -273,3 +273,30 @@ def test_expired_ids_are_the_index_entries_older_than_the_cut() -> None:
 
     entries = sorted([(id_key("old"), stamp(100)), (id_key("new"), stamp(900)), (str_key("c1"), b"{}")])
     assert list(expired_ids(entries, 500)) == [id_key("old")], "entity values are never swept"
+
+
+async def test_a_batch_of_slow_handlers_is_made_durable_record_by_record() -> None:
+    """Fast handlers share one publish; once a batch's handlers ran MAX_BATCH_SECONDS, each
+    record's outputs and state are written before the next record starts."""
+    import asyncio
+
+    from streams.core.dispatcher import MAX_BATCH_SECONDS
+
+    class CountingPublisher(MemoryPublisher):
+        calls = 0
+
+        async def publish(self, topic: str, records: Sequence[codec.EncodedRecord]) -> None:
+            self.calls += 1
+            await super().publish(topic, records)
+
+    async def slow(event: Envelope[Any], ctx: Context[Counter]) -> None:
+        if event.id.startswith("slow"):
+            await asyncio.sleep(MAX_BATCH_SECONDS * 1.5)
+        await reply(event, ctx)
+
+    pub = CountingPublisher()
+    d, table, _ = make(slow, publisher=pub)
+    assert await d.handle_many([record(id=f"fast{i}", offset=i) for i in range(4)]) == ["ok"] * 4
+    assert pub.calls == 1
+    assert await d.handle_many([record(id=f"slow{i}", offset=4 + i) for i in range(3)]) == ["ok"] * 3
+    assert pub.calls == 1 + 3 and table["c1"]["state"] == {"n": 7}
