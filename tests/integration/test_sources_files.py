@@ -97,9 +97,15 @@ def test_slow_writer_is_emitted_once_complete_and_a_rename_at_once(cluster: Clus
     assert event["data"]["size"] == chunks * len(chunk)
     assert event["data"]["sha256"] == sha(chunk * chunks)
     assert event["id"] == event_id("files", "inbox", "big.bin", sha(chunk * chunks))
-    metrics = get(f"http://127.0.0.1:{port}/metrics")[1]
-    assert 'vigil_source_events_total{outcome="sent",source="files:inbox"} 2.0' in metrics
-    assert 'vigil_source_lag{kind="files_pending",source="files:inbox"} 0.0' in metrics
+    # the counters move when the source handles the broker's ack, which may come after a
+    # reader already sees the record: wait for them rather than read them once
+    sent = 'vigil_source_events_total{outcome="sent",source="files:inbox"} 2.0'
+    settled = 'vigil_source_lag{kind="files_pending",source="files:inbox"} 0.0'
+    wait_for(
+        lambda: all(line in get(f"http://127.0.0.1:{port}/metrics")[1] for line in (sent, settled)),
+        15,
+        "the source's counters to show both events sent and nothing pending",
+    )
     assert proc.stop() == 0
     assert len(events(cluster)) == 2
 

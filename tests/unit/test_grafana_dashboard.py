@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+import streams.adapter.restore
 import streams.observability.startup
 import streams.sinks.metrics
 import streams.sources.gateway.metrics
