@@ -105,6 +105,17 @@ class VigilApp(faust.App):
             mark_clean_stop(self.conf.tabledir)
 
 
+def settled(app: Any) -> bool:
+    """Running between rebalances: not stopping, rebalancing or recovering, and the first
+    assignment's tables are recovered (what the liveness guard and the idle exit wait for)."""
+    return bool(
+        not app.should_stop
+        and not app.rebalancing
+        and not app.in_recovery
+        and app.tables.recovery.completed.is_set()
+    )
+
+
 def create_app(settings: Settings) -> VigilApp:
     brokers = [
         f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",") if server.strip()

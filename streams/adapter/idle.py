@@ -22,6 +22,7 @@ from typing import Any
 from faust.types import TP
 from mode import Service
 
+from streams.adapter.app import settled
 from streams.core.idle import Decision, IdleDetector, PartitionIdleView
 
 log = logging.getLogger(__name__)
@@ -60,15 +61,6 @@ class IdleExit(Service):
             except Exception:
                 log.exception("exit-when-idle: check failed")
 
-    def _settled(self) -> bool:
-        app = self.app
-        return bool(
-            not app.should_stop
-            and not app.rebalancing
-            and not app.in_recovery
-            and app.tables.recovery.completed.is_set()
-        )
-
     async def check(self) -> None:
         now = self.clock()
         decision = await self._decide(now, ask_broker=False)
@@ -93,7 +85,7 @@ class IdleExit(Service):
         self.worker._schedule_shutdown(signal.SIGTERM)  # noqa: SLF001 - the first SIGTERM's graceful stop
 
     async def _decide(self, now: float, *, ask_broker: bool) -> Decision:
-        views = await self.views(ask_broker=ask_broker) if self._settled() else None
+        views = await self.views(ask_broker=ask_broker) if settled(self.app) else None
         return self.detector.check(views, now)
 
     async def views(self, *, ask_broker: bool = False) -> list[PartitionIdleView]:

@@ -26,6 +26,7 @@ from typing import Any
 from faust.types import TP
 from mode import Service
 
+from streams.adapter.app import settled
 from streams.core.backpressure import PAUSE_REASONS, AgentGates
 from streams.core.liveness import PartitionView, StallDetector
 from streams.core.scheduler import KeyOrderedScheduler
@@ -176,17 +177,8 @@ class LivenessGuard(Watchdog):
             f"{v.topic}[{v.partition}] ({v.verdict()})" for v in self.stalled
         )
 
-    def _settled(self) -> bool:
-        app = self.app
-        return bool(
-            not app.should_stop
-            and not app.rebalancing
-            and not app.in_recovery
-            and app.tables.recovery.completed.is_set()
-        )
-
     async def check(self) -> None:
-        views = await self.views() if self._settled() else []
+        views = await self.views() if settled(self.app) else []
         now = self.clock()
         stalled = []
         for found in self.detector.stalled(views, now):
