@@ -59,15 +59,20 @@ class MemoryPublisher:
 
 
 def make(
-    handler: Any, *, publisher: MemoryPublisher | None = None
+    handler: Any, *, publisher: MemoryPublisher | None = None, park: bool = False
 ) -> tuple[Dispatcher, Entities, MemoryPublisher]:
     rt = Runtime()
-    rt.agent(ChatMessageReceivedV2, name="count", state=Counter, emits=[ChatReplyRequestedV1])(handler)
-    spec = rt.agents["count"]
+    rt.agent(
+        ChatMessageReceivedV2,
+        name="count",
+        state=Counter,
+        emits=[ChatReplyRequestedV1],
+        on_dead_letter="park" if park else "continue",
+    )(handler)
     table = Entities()
     pub = publisher or MemoryPublisher()
     settings = Settings(topic_prefix="p.", _env_file=None)  # type: ignore[call-arg]
-    return Dispatcher(spec, settings, StateStore(table, Counter), pub, {}), table, pub
+    return Dispatcher(rt.agents["count"], settings, StateStore(table, Counter), pub, {}), table, pub
 
 
 def record(
@@ -203,17 +208,7 @@ async def test_a_failure_inside_a_batch_keeps_what_came_before_and_rereads_the_e
             raise RuntimeError("no")
         await reply(event, ctx)
 
-    rt = Runtime()
-    rt.agent(
-        ChatMessageReceivedV2,
-        name="count",
-        state=Counter,
-        emits=[ChatReplyRequestedV1],
-        on_dead_letter="park",
-    )(handler)
-    table, pub = Entities(), MemoryPublisher()
-    settings = Settings(topic_prefix="p.", _env_file=None)  # type: ignore[call-arg]
-    d = Dispatcher(rt.agents["count"], settings, StateStore(table, Counter), pub, {})
+    d, table, _ = make(handler, park=True)
     outcomes = await d.handle_many([record(id=f"e{i}", offset=i) for i in range(1, 5)])
     assert outcomes == ["ok", "dlq", "parked", "parked"]
     assert table["c1"]["state"] == {"n": 1} and table["c1"]["parked"] is True

@@ -10,19 +10,17 @@ from typing import Any
 
 import pytest
 
-from schemas import ChatMessageReceivedV2, ChatReplyRequestedV1, Envelope
-from streams import Context, Runtime, Settings
+from schemas import Envelope
+from streams import Context
 from streams.core.codec import EncodedRecord
-from streams.core.dispatcher import Dispatcher
 from streams.core.dlq import dead_letter
 from streams.core.dlq_dedup import MAX_MARKS, TAG, DeadLetterMarks, DeadLetterWindow, window_key
 from streams.core.records import ConsumedRecord
-from streams.core.state import StateStore
 from streams.core.tables import MemoryTable, str_key
 from streams.kafka.dlq_admin import once_per_origin
 from streams.observability import metrics
 
-from .test_dispatcher import Counter, Entities, MemoryPublisher, record, reply
+from .test_dispatcher import Counter, MemoryPublisher, make, record, reply
 
 TOPIC = "p.chat.messages.v1"
 
@@ -99,21 +97,6 @@ async def test_marks_are_kept_per_topic_and_partition() -> None:
 
 
 # -- the dispatcher -------------------------------------------------------------------------------
-def make(handler: Any, *, park: bool = False) -> tuple[Dispatcher, Entities, MemoryPublisher]:
-    rt = Runtime()
-    rt.agent(
-        ChatMessageReceivedV2,
-        name="count",
-        state=Counter,
-        emits=[ChatReplyRequestedV1],
-        on_dead_letter="park" if park else "continue",
-    )(handler)
-    table = Entities()
-    pub = MemoryPublisher()
-    settings = Settings(topic_prefix="p.", _env_file=None)  # type: ignore[call-arg]
-    return Dispatcher(rt.agents["count"], settings, StateStore(table, Counter), pub, {}), table, pub
-
-
 def dlq_count(reason: str) -> float:
     return (
         metrics.REGISTRY.get_sample_value("vigil_dlq_records_total", {"agent": "count", "reason": reason})

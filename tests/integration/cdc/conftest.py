@@ -8,17 +8,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.postgres import PostgresServer, start_postgres
+from tests.postgres import PostgresServer, running_postgres
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
-    server = start_postgres()
-    try:
+    with running_postgres() as server:
         yield server
-    finally:
-        server.stop()
-        server.remove()
 
 
 @pytest.fixture
