@@ -22,6 +22,7 @@ from typing import Any
 
 from schemas import VigilError
 from streams.core.backpressure import Blocked, Gate
+from streams.core.journal import Journal
 from streams.core.settings import Settings
 from streams.observability.metrics import LLM_COST, LLM_REQUESTS, LLM_SECONDS, LLM_TOKENS
 
@@ -166,8 +167,8 @@ class LLMClient:
         """``streams.core.backpressure.GateProvider``: the agent's circuit and agent-wide budget."""
         return [self.circuit(agent), self.budget(agent)]
 
-    def bind(self, agent: str, subject: str | None = None) -> BoundLLM:
-        return BoundLLM(self, agent, subject)
+    def bind(self, agent: str, subject: str | None = None, *, journal: Journal | None = None) -> BoundLLM:
+        return BoundLLM(self, agent, subject, journal)
 
     # -- calls ------------------------------------------------------------------------------
     async def complete(
@@ -284,14 +285,24 @@ class LLMClient:
 class BoundLLM:
     """What ``ctx.llm`` is inside a handler: the client, for one agent and one subject."""
 
-    __slots__ = ("agent", "client", "subject")
+    __slots__ = ("agent", "client", "journal", "subject")
 
-    def __init__(self, client: LLMClient, agent: str, subject: str | None) -> None:
+    def __init__(
+        self, client: LLMClient, agent: str, subject: str | None, journal: Journal | None = None
+    ) -> None:
         self.client = client
         self.agent = agent
         self.subject = subject
+        self.journal = journal
 
     async def complete(
         self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None, **kwargs: Any
     ) -> LLMReply:
-        return await self.client.call(self.agent, self.subject, messages, tools, kwargs)
+        """Inside a handler, a journaled step (``llm``, ``llm#2``, ...): a retry or redelivery
+        of the event gets the recorded reply, with no second request and no second charge."""
+        if self.journal is None:
+            return await self.client.call(self.agent, self.subject, messages, tools, kwargs)
+        reply: LLMReply = await self.journal.step(
+            "llm", self.client.call, self.agent, self.subject, messages, tools, kwargs, result_type=LLMReply
+        )
+        return reply

@@ -11,6 +11,7 @@ commit). Faust still owns the stores' lifecycle, the changelog topics and their 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import Any
@@ -72,6 +73,16 @@ class FaustTable:
             last = await producer.send(topic, value, key=key, partition=partition)
         if last is not None:
             last.add_done_callback(partial(self._sent, TP(topic, partition)))
+
+    async def write_now(self, partition: int, writes: Sequence[TableWrite]) -> None:
+        """Through the app's plain producer, never a transaction's: under exactly_once a
+        recorded step must outlive an aborted transaction. The persisted offset is left alone
+        (records of an open transaction may sit below this one)."""
+        self.apply_local(partition, writes)
+        producer = self._producer()
+        topic = self.changelog_topic
+        pending = [await producer.send(topic, value, key=key, partition=partition) for key, value in writes]
+        await asyncio.gather(*pending)
 
     def _sent(self, tp: TP, fut: Any) -> None:
         """Recovery may start after this offset: everything before it is in the store."""

@@ -3,13 +3,17 @@
     @runtime.agent(ChatMessageReceivedV2, state=SupportState, emits=[ChatReplyRequestedV1])
     async def support(event: Envelope[ChatMessageReceivedV2], ctx: Context[SupportState]) -> None: ...
 
+An agent may consume several payload types (of one topic or of several) into one entity state:
+``runtime.agent(OpenedV1, SynchronizeV1, ...)`` runs the decorated handler for each (it matches
+on ``event.data``), and ``handlers={SynchronizeV1: other}`` gives a type its own handler.
+
 Declaring an agent only records an ``AgentSpec``; ``streams.adapter.worker`` binds specs to Kafka.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -33,8 +37,9 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 @dataclass(frozen=True)
 class AgentSpec:
     name: str
-    #: logical topic name from the catalogue (prefix applied at bind time)
+    #: logical topic name from the catalogue (prefix applied at bind time): the first of ``topics``
     topic: str
+    #: the first of ``payloads``
     payload: type[Payload]
     state: type[BaseModel] | None
     emits: tuple[type[Payload], ...]
@@ -51,6 +56,21 @@ class AgentSpec:
     #: run by ``vigil worker`` without ``--agents``; False for integrations a deployment opts
     #: into by name (each agent costs its topics and tables at start)
     default: bool = True
+    #: every payload type consumed (several types share one entity state)
+    payloads: tuple[type[Payload], ...] = ()
+    #: every topic consumed, ``topic`` first
+    topics: tuple[str, ...] = ()
+    #: handler per event base (``Payload.event_base``); types without one use ``handler``
+    handlers: Mapping[str, Handler] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.payloads:
+            object.__setattr__(self, "payloads", (self.payload,))
+        if not self.topics:
+            object.__setattr__(self, "topics", (self.topic,))
+
+    def handler_for(self, base: str) -> Handler:
+        return self.handlers.get(base, self.handler)
 
     @property
     def dlq_topic(self) -> str:
@@ -72,7 +92,7 @@ class Runtime:
     def agent(
         self,
         payload: type[Payload],
-        *,
+        *more: type[Payload],
         name: str | None = None,
         topic: str | None = None,
         state: type[BaseModel] | None = None,
@@ -82,15 +102,31 @@ class Runtime:
         retry: Retry | None = None,
         on_dead_letter: OnDeadLetter = "continue",
         default: bool = True,
+        handlers: Mapping[type[Payload], Handler] | None = None,
     ) -> Callable[[H], H]:
+        """``topic`` overrides the catalogue's topic of every payload type (one topic)."""
+        payloads = (payload, *more)
+
         def register(fn: H) -> H:
             agent_name = name or fn.__name__
             if not _NAME_RE.match(agent_name):
                 raise ConfigError(f"agent name {agent_name!r} must match {_NAME_RE.pattern}")
             if agent_name in self._agents:
                 raise ConfigError(f"agent {agent_name!r} is declared twice")
-            source = topic or topics.for_type(payload.event_type).name
-            topics.by_name(source)
+            bases = [p.event_base for p in payloads]
+            if len(set(bases)) != len(bases):
+                raise ConfigError(
+                    f"agent {agent_name!r}: a payload type is listed twice (one version per type)"
+                )
+            per_type = dict(handlers or {})
+            for model in per_type:
+                if model not in payloads:
+                    raise ConfigError(
+                        f"agent {agent_name!r}: handlers names {model.event_type}, which it does not consume"
+                    )
+            sources = tuple(dict.fromkeys(topic or topics.for_type(p.event_type).name for p in payloads))
+            for source in sources:
+                topics.by_name(source)
             emitted = tuple(emits)
             for model in emitted:
                 topics.for_type(model.event_type)  # fail at import, not at the first emit
@@ -102,7 +138,7 @@ class Runtime:
                 raise ConfigError(f"agent {agent_name!r}: on_dead_letter must be 'continue' or 'park'")
             self._agents[agent_name] = AgentSpec(
                 agent_name,
-                source,
+                sources[0],
                 payload,
                 state,
                 emitted,
@@ -112,6 +148,9 @@ class Runtime:
                 retry=retry or Retry(),
                 on_dead_letter=on_dead_letter,
                 default=default,
+                payloads=payloads,
+                topics=sources,
+                handlers={m.event_base: h for m, h in per_type.items()},
             )
             return fn
 

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 from schemas import Envelope, Payload, utcnow
 from streams.core.errors import ConfigError
+from streams.core.journal import Journal
 
 S = TypeVar("S")
+T = TypeVar("T")
 
 #: namespace of derived event ids: uuid5(NS, agent / input id / n) is stable across replays
 DERIVED_ID_NAMESPACE = uuid.UUID("6c1d3f0e-8a4e-4d8b-9f57-5b0a2f7d9c11")
 
+
+#: the event whose handler is running (log records carry its id, subject and trace)
+current_event: contextvars.ContextVar[Envelope[Any] | None] = contextvars.ContextVar(
+    "vigil_current_event", default=None
+)
 
 _NAMESPACE_BYTES = DERIVED_ID_NAMESPACE.bytes
 #: held here: pydantic caches parametrised models only weakly, and rebuilt ``Envelope[Payload]``
@@ -47,6 +55,7 @@ class Context(Generic[S]):
         emits: tuple[type[Payload], ...],
         resources: Mapping[str, Any],
         attempt: int = 1,
+        journal: Journal | None = None,
     ) -> None:
         self.agent = agent
         #: 1 on the first try of this event in this process, 2 on its first retry, ...
@@ -56,6 +65,8 @@ class Context(Generic[S]):
         self.resources = resources
         self._allowed = emits
         self.pending: list[Envelope[Payload]] = []
+        #: this event's journal (``streams.core.journal``); None only for contexts built by hand
+        self.journal = journal
 
     @property
     def llm(self) -> Any:
@@ -66,7 +77,27 @@ class Context(Generic[S]):
         except KeyError:
             raise ConfigError("no 'llm' resource is provided to this runtime") from None
         bind = getattr(client, "bind", None)
-        return bind(self.agent, self.event.subject) if callable(bind) else client
+        if not callable(bind):
+            return client
+        return bind(self.agent, self.event.subject, journal=self.journal)
+
+    async def step(
+        self,
+        name: str,
+        fn: Callable[..., Awaitable[T] | T],
+        *args: Any,
+        result_type: Any = None,
+        **kwargs: Any,
+    ) -> T:
+        """Run ``fn(*args, **kwargs)`` at most once for this event, whatever happens after it:
+        its result is recorded durably (with the entity's state, in its changelog) before this
+        returns, and a retry, a redelivery after a crash or a rebalance gets the recorded result
+        back without running ``fn`` again. The result comes back as its JSON decodes (or
+        validated as ``result_type``), on the first run as on a replay. Give each step of a
+        handler its own name; a name used again in one run becomes ``name#2``, ``name#3``."""
+        if self.journal is None:
+            raise ConfigError("this context has no journal (it was not built by the dispatcher)")
+        return await self.journal.step(name, fn, *args, result_type=result_type, **kwargs)
 
     async def emit(self, payload: Payload, *, subject: str | None = None) -> Envelope[Payload]:
         if not any(isinstance(payload, allowed) for allowed in self._allowed):

@@ -37,10 +37,11 @@ from schemas import Envelope, InvalidEnvelopeError, Payload, VigilError, registr
 from streams.core import codec, topics
 from streams.core.agent import AgentSpec
 from streams.core.backpressure import Blocked
-from streams.core.context import Context
+from streams.core.context import Context, current_event
 from streams.core.dlq import CONTROL_RELEASE, H_AGENT, H_CONTROL, REASON_PARKED, dead_letter, reason_of
 from streams.core.dlq_dedup import DeadLetterMarks
 from streams.core.effects import AtLeastOnceEffects, Effects, Output, Publisher
+from streams.core.journal import Journal
 from streams.core.records import ConsumedRecord
 from streams.core.settings import Settings
 from streams.core.state import EntityRecord, StateStore, state_copier
@@ -71,7 +72,7 @@ MAX_BATCH_SECONDS = 0.05
 class _Batch:
     """Handled records of one entity whose writes are not applied yet."""
 
-    __slots__ = ("entity", "ids", "outputs", "record", "started", "subject", "types")
+    __slots__ = ("entity", "extra", "ids", "outputs", "record", "started", "subject", "types")
 
     def __init__(self) -> None:
         self.started = 0.0
@@ -81,14 +82,25 @@ class _Batch:
         self.outputs: list[Output] = []
         self.ids: list[str] = []
         self.types: list[str] = []
+        #: journal entries of the batch's events, deleted with its write
+        self.extra: list[TableWrite] = []
+
+
+class _EntityLock:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
 
 
 class _NeedsSlowPath(Exception):
     """The record leaves the batch: it is handled on its own, with the full error handling."""
 
-    def __init__(self, failure: BaseException | None = None) -> None:
+    def __init__(self, failure: BaseException | None = None, journal: Journal | None = None) -> None:
         super().__init__()
         self.failure = failure
+        self.journal = journal
 
 
 class Dispatcher:
@@ -109,10 +121,15 @@ class Dispatcher:
         self.effects = effects or AtLeastOnceEffects(spec.name, publisher, store.table, self.marks)
         self.resources = resources
         self.dlq_topic = settings.topic(spec.dlq_topic)
-        self._typed: type[Envelope[Any]] = Envelope[spec.payload]  # type: ignore[name-defined]
-        self._type = spec.payload.event_type
-        self._type_bytes = self._type.encode()
-        self._base = spec.payload.event_base
+        #: the agent's own types and versions, by ``ce_type`` header: decoded straight from the bytes
+        self._typed: dict[bytes, tuple[str, type[Envelope[Any]]]] = {
+            p.event_type.encode(): (p.event_type, Envelope[p])  # type: ignore[valid-type]
+            for p in spec.payloads
+        }
+        self._targets: dict[str, type[Payload]] = {p.event_base: p for p in spec.payloads}
+        self._handlers = {p.event_type: spec.handler_for(p.event_base) for p in spec.payloads}
+        #: an agent of several topics sees one subject's records in several lanes: one at a time
+        self._entity_locks: dict[tuple[int, bytes], _EntityLock] | None = {} if len(spec.topics) > 1 else None
         self._counters: dict[tuple[str, str], Any] = {}
         self._handler_seconds = metrics.HANDLER_SECONDS.labels(spec.name)
         self._topics: dict[str, str] = {}
@@ -125,6 +142,22 @@ class Dispatcher:
 
     async def handle_many(self, records: Sequence[ConsumedRecord]) -> list[Outcome]:
         """Records of one partition and one key, in offset order."""
+        if self._entity_locks is None or not records:
+            return await self._handle_many(records)
+        key = (records[0].partition, records[0].key or b"")
+        held = self._entity_locks.get(key)
+        if held is None:
+            held = self._entity_locks[key] = _EntityLock()
+        held.users += 1
+        try:
+            async with held.lock:
+                return await self._handle_many(records)
+        finally:
+            held.users -= 1
+            if not held.users:
+                del self._entity_locks[key]
+
+    async def _handle_many(self, records: Sequence[ConsumedRecord]) -> list[Outcome]:
         outcomes: list[Outcome] = []
         batch = _Batch()
         for record in records:
@@ -135,7 +168,7 @@ class Dispatcher:
             except _NeedsSlowPath as slow:
                 await self._flush(batch)
                 batch.entity = None  # the record-at-a-time path may change the entity: read it again
-                outcomes.append(await self._one(record, slow.failure))
+                outcomes.append(await self._one(record, slow.failure, slow.journal))
         await self._flush(batch)
         return outcomes
 
@@ -166,14 +199,17 @@ class Dispatcher:
         if entity.parked and self.spec.on_dead_letter == "park":
             raise _NeedsSlowPath
         started = time.monotonic()
+        journal = Journal(self.spec.name, self.store.table, record.partition, event.subject, event.id)
         try:
-            ctx = await self._attempt(event, entity, 1)
+            ctx = await self._attempt(event, entity, 1, journal)
         except asyncio.CancelledError:
             raise
         except Blocked:
-            raise _NeedsSlowPath from None
+            raise _NeedsSlowPath(None, journal) from None
         except Exception as exc:  # noqa: BLE001 - retried or dead-lettered on the slow path
-            raise _NeedsSlowPath(exc) from None
+            raise _NeedsSlowPath(exc, journal) from None
+        await journal.save_meta()
+        batch.extra.extend(journal.done_writes())
         entity.state = ctx.state
         if not batch.ids:
             batch.started = started
@@ -187,6 +223,9 @@ class Dispatcher:
         if not batch.ids or batch.entity is None or batch.record is None or batch.subject is None:
             return
         writes = self.store.writes(batch.subject, batch.entity, batch.ids, _now_ms())
+        if batch.extra:
+            writes.extend(batch.extra)
+            batch.extra = []
         await self.effects.apply(batch.record, batch.outputs, writes)
         for type_, n in Counter(batch.types).items():
             self._count(type_, "ok", n)
@@ -195,13 +234,16 @@ class Dispatcher:
     def _decode_fast(self, record: ConsumedRecord) -> Envelope[Payload] | None:
         """The typed envelope straight from the bytes when the record carries the agent's own
         type and version; None for anything else (the slow path explains what is wrong)."""
-        if record.value is None or codec.header(record.headers, "ce_type") != self._type_bytes:
+        if record.value is None:
+            return None
+        typed = self._typed.get(codec.header(record.headers, "ce_type") or b"")
+        if typed is None:
             return None
         try:
-            event: Envelope[Payload] = self._typed.model_validate_json(record.value)
+            event: Envelope[Payload] = typed[1].model_validate_json(record.value)
         except ValidationError:
             return None
-        if event.type != self._type or record.key != event.subject.encode():
+        if event.type != typed[0] or record.key != event.subject.encode():
             return None
         return event
 
@@ -214,7 +256,7 @@ class Dispatcher:
             base, _ = split_type(type_.decode())
         except (ValueError, VigilError, UnicodeDecodeError):
             return False
-        if base == self._base or not registry.knows(base):
+        if base in self._targets or not registry.knows(base):
             return False
         try:  # the header could lie: the body decides
             raw = codec.decode(record.value)
@@ -223,7 +265,9 @@ class Dispatcher:
         return split_type(raw.type)[0] == base
 
     # -- one record at a time ------------------------------------------------------------------
-    async def _one(self, record: ConsumedRecord, failure: BaseException | None) -> Outcome:
+    async def _one(
+        self, record: ConsumedRecord, failure: BaseException | None, journal: Journal | None = None
+    ) -> Outcome:
         if self.marks.seen(record):
             return await self._dead_lettered_before(record)
         control = codec.header(record.headers, H_CONTROL)
@@ -251,7 +295,10 @@ class Dispatcher:
             self._count(event.type, "parked")
             return "parked"
 
-        ctx, failure, attempts = await self._run_handler(event, entity, failure)
+        if journal is None or journal.event_id != event.id:
+            journal = Journal(self.spec.name, self.store.table, record.partition, event.subject, event.id)
+        ctx, failure, attempts = await self._run_handler(event, entity, failure, journal)
+        await journal.save_meta()
         if failure is not None:
             log.warning(
                 "agent %s: handler failed on %s after %d attempt(s): %r",
@@ -264,20 +311,24 @@ class Dispatcher:
             if self.spec.on_dead_letter == "park":
                 entity.parked = True
                 park = self.store.writes(event.subject, entity, [], _now_ms())
+            park.extend(journal.done_writes())  # the event is over: so is its journal
             await self._dead_letter(record, failure, attempts=attempts, type_=event.type, state=park)
             return "dlq"
 
         assert ctx is not None
         entity.state = ctx.state
         outputs = [self._output(ev) for ev in ctx.pending]
-        await self.effects.apply(
-            record, outputs, self.store.writes(event.subject, entity, [event.id], _now_ms())
-        )
+        writes = self.store.writes(event.subject, entity, [event.id], _now_ms())
+        writes.extend(journal.done_writes())
+        await self.effects.apply(record, outputs, writes)
         self._count(event.type, "ok")
         return "ok"
 
-    async def _attempt(self, event: Envelope[Payload], entity: EntityRecord, attempt: int) -> Context[Any]:
-        """One run of the handler on a copy of the entity's state."""
+    async def _attempt(
+        self, event: Envelope[Payload], entity: EntityRecord, attempt: int, journal: Journal
+    ) -> Context[Any]:
+        """One run of the handler on a copy of the entity's state; the journal outlives it."""
+        journal.new_attempt()
         state = self._copy_state(entity.state) if entity.state is not None else None
         ctx: Context[Any] = Context(
             agent=self.spec.name,
@@ -286,23 +337,30 @@ class Dispatcher:
             emits=self.spec.emits,
             resources=self.resources,
             attempt=attempt,
+            journal=journal,
         )
         started = time.perf_counter()
+        token = current_event.set(event)
         try:
-            await self.spec.handler(event, ctx)
+            await self._handlers[event.type](event, ctx)
         finally:
+            current_event.reset(token)
             self._handler_seconds.observe(time.perf_counter() - started)
         return ctx
 
     async def _run_handler(
-        self, event: Envelope[Payload], entity: EntityRecord, failure: BaseException | None
+        self,
+        event: Envelope[Payload],
+        entity: EntityRecord,
+        failure: BaseException | None,
+        journal: Journal,
     ) -> tuple[Context[Any] | None, BaseException | None, int]:
         """Each attempt starts from the stored state; only a successful one is kept. A handler
         stopped by a gate (``Blocked``) waits for it and starts over without using an attempt.
         ``failure`` is the first attempt's error when the batch already ran it."""
         while True:
             try:
-                return await self._attempts(event, entity, failure)
+                return await self._attempts(event, entity, failure, journal)
             except Blocked as blocked:
                 log.info("agent %s: %s is waiting: %s", self.spec.name, event.id, blocked)
                 self._count(event.type, "blocked")
@@ -310,7 +368,11 @@ class Dispatcher:
                 await blocked.wait()
 
     async def _attempts(
-        self, event: Envelope[Payload], entity: EntityRecord, failure: BaseException | None
+        self,
+        event: Envelope[Payload],
+        entity: EntityRecord,
+        failure: BaseException | None,
+        journal: Journal,
     ) -> tuple[Context[Any] | None, BaseException | None, int]:
         retry = self.spec.retry
         done = 0
@@ -331,7 +393,7 @@ class Dispatcher:
             async for attempt in retrying:
                 with attempt:
                     attempts = done + attempt.retry_state.attempt_number
-                    return await self._attempt(event, entity, attempts), None, attempts
+                    return await self._attempt(event, entity, attempts, journal), None, attempts
         except (asyncio.CancelledError, Blocked):
             raise
         except Exception as exc:  # noqa: BLE001 - any handler failure is retried or dead-lettered, never acked silently
@@ -393,7 +455,11 @@ class Dispatcher:
             raise InvalidEnvelopeError(
                 f"record key {shown!r} must equal the envelope subject {raw.subject!r}"
             )
-        return registry.parse(raw, target=self.spec.payload)
+        try:
+            base = split_type(raw.type)[0]
+        except (ValueError, VigilError):
+            base = ""  # registry.parse explains what is wrong with the type
+        return registry.parse(raw, target=self._targets.get(base, self.spec.payload))
 
     def _output(self, event: Envelope[Payload]) -> Output:
         topic = self._topics.get(event.type)

@@ -34,6 +34,10 @@ class PartitionedTable(Protocol):
         with no await before it cannot interleave with another), queued to the changelog
         (flushed before the next offset commit)."""
 
+    async def write_now(self, partition: int, writes: Sequence[TableWrite]) -> None:
+        """Applied locally and acknowledged by the broker's changelog before it returns, outside
+        any transaction (journal steps, ``streams.core.journal``)."""
+
 
 class MemoryTable:
     def __init__(self, name: str = "memory") -> None:
@@ -50,6 +54,9 @@ class MemoryTable:
                 store.pop(key, None)
             else:
                 store[key] = value
+
+    async def write_now(self, partition: int, writes: Sequence[TableWrite]) -> None:
+        await self.write(partition, writes)
 
     def keys(self, partition: int) -> Iterable[bytes]:
         return list(self.partitions.get(partition, {}))

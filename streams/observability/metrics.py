@@ -95,6 +95,22 @@ LAG_SCRAPE_ERRORS = Counter(
     registry=REGISTRY,
 )
 
+# -- journal --------------------------------------------------------------------------------
+JOURNAL_STEPS = Counter(
+    "vigil_journal_steps_total",
+    "Journaled steps (LLM calls, tool calls, ctx.step) by agent and outcome: ran, or replayed "
+    "from the journal after a retry, redelivery or rebalance",
+    ["agent", "outcome"],
+    registry=REGISTRY,
+)
+JOURNAL_WRITE_SECONDS = Histogram(
+    "vigil_journal_write_seconds",
+    "Time to make one step's result durable (local write and changelog acknowledgement)",
+    ["agent"],
+    registry=REGISTRY,
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1),
+)
+
 # -- LLM ------------------------------------------------------------------------------------
 LLM_REQUESTS = Counter(
     "vigil_llm_requests_total",
