@@ -1,7 +1,18 @@
 """A local OpenAI-compatible server for tests and the demo, so litellm's real HTTP path runs.
 
 Replies are deterministic functions of the request: the same prompt gives the same text.
-With ``tools`` in the request and no tool result yet, it answers with a tool call. Latency,
+
+Tools: a request that offers ``tools`` gets tool calls, one reply at a time, then a final text
+that quotes the tool results it got (``... | tool results: name: content; ...``), so a test can
+see a result flow back. The plan is read from the last user message: ``[tools: a, b+c, a]``
+asks for ``a``, then ``b`` and ``c`` together in one reply, then ``a`` again (a name that is not
+offered is still called, with ``{}``: the caller's unknown-tool path); ``[tools: none]`` asks
+for none; without a directive every offered tool is called once, in order. Which call comes
+next is the number of assistant tool-call messages since that user message. Arguments are
+synthesised from each tool's JSON schema, required properties only (every property when the
+schema lists none): strings are the last user text (``enum``: its first value), integers and
+numbers 1, booleans true, arrays one item, nested objects and ``$ref``s recursively. Call ids
+are ``call_<digest of the messages>_<n>``. Latency,
 HTTP 429/500 and hangs (client timeouts) can be injected by flags or at run time through
 ``POST /_control``, as rates or exactly (the next N requests, or every request for one model);
 ``GET /_stats`` counts requests by outcome and by requested model.
@@ -13,6 +24,7 @@ import asyncio
 import hashlib
 import json
 import random
+import re
 import time
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -44,33 +56,107 @@ def _text_of(message: dict[str, Any]) -> str:
     return str(content)
 
 
+TOOLS_DIRECTIVE = re.compile(r"\[tools:([^\]]*)\]", re.IGNORECASE)
+
+
+def tool_plan(last_user: str, tools: list[dict[str, Any]]) -> list[list[str]]:
+    """The tool names to call, one list per reply (see the module docstring)."""
+    match = TOOLS_DIRECTIVE.search(last_user)
+    if match is None:
+        return [[str(t.get("function", {}).get("name", "tool"))] for t in tools]
+    body = match.group(1).strip()
+    if body.lower() in ("", "none"):
+        return []
+    return [[n.strip() for n in item.split("+") if n.strip()] for item in body.split(",") if item.strip()]
+
+
+def synthesise(schema: dict[str, Any], text: str, defs: dict[str, Any], depth: int = 0) -> Any:
+    """A value that fits ``schema`` (ignoring constraints such as patterns or lengths)."""
+    if depth > 8:
+        return None
+    if "$ref" in schema:
+        target = defs.get(str(schema["$ref"]).rsplit("/", 1)[-1], {})
+        return synthesise(target, text, defs, depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        options = [o for o in schema.get(key, []) if o.get("type") != "null"]
+        if options:
+            return synthesise(options[0], text, defs, depth + 1)
+    kind = schema.get("type", "string")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        props: dict[str, Any] = schema.get("properties") or {}
+        names = schema.get("required", list(props))
+        return {n: synthesise(props.get(n, {}), text, defs, depth + 1) for n in names}
+    if kind == "array":
+        return [synthesise(schema.get("items") or {}, text, defs, depth + 1)]
+    if kind == "integer":
+        return 1
+    if kind == "number":
+        return 1
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    return text
+
+
+def _tool_arguments(name: str, tools: list[dict[str, Any]], text: str) -> dict[str, Any]:
+    fn = next((t.get("function", {}) for t in tools if t.get("function", {}).get("name") == name), None)
+    if fn is None:
+        return {}
+    params: dict[str, Any] = fn.get("parameters") or {"type": "object", "properties": {}}
+    args = synthesise(params, text, params.get("$defs") or params.get("definitions") or {})
+    return args if isinstance(args, dict) else {}
+
+
 def completion(body: dict[str, Any]) -> dict[str, Any]:
     """The deterministic reply to a chat-completions request body."""
     messages = body.get("messages") or []
     digest = _digest(messages)
-    last_user = next((_text_of(m) for m in reversed(messages) if m.get("role") == "user"), "")
+    last_index = next((i for i in range(len(messages) - 1, -1, -1) if messages[i].get("role") == "user"), -1)
+    last_user = _text_of(messages[last_index]) if last_index >= 0 else ""
+    since = messages[last_index + 1 :]
     tools = body.get("tools") or []
     prompt_tokens = sum(len(_text_of(m).split()) for m in messages)
-    if tools and (not messages or messages[-1].get("role") != "tool"):
-        fn = tools[0].get("function", {})
+    plan = tool_plan(last_user, tools) if tools else []
+    made = sum(1 for m in since if m.get("role") == "assistant" and m.get("tool_calls"))
+    if made < len(plan):
         message: dict[str, Any] = {
             "role": "assistant",
             "content": None,
             "tool_calls": [
                 {
-                    "id": f"call_{digest}",
+                    "id": f"call_{digest}_{n}",
                     "type": "function",
                     "function": {
-                        "name": fn.get("name", "tool"),
-                        "arguments": json.dumps({"query": last_user}),
+                        "name": name,
+                        "arguments": json.dumps(_tool_arguments(name, tools, last_user)),
                     },
                 }
+                for n, name in enumerate(plan[made])
             ],
         }
         finish = "tool_calls"
-        completion_tokens = 8
+        completion_tokens = 8 * len(plan[made])
     else:
         text = f"[fake-llm {digest}] You said: {last_user}"
+        names = {
+            c.get("id"): c.get("function", {}).get("name", "")
+            for m in since
+            for c in (m.get("tool_calls") or [])
+        }
+        results = [
+            f"{names.get(m.get('tool_call_id'), '?')}: {_text_of(m)}"
+            for m in since
+            if m.get("role") == "tool"
+        ]
+        if results:
+            text += " | tool results: " + "; ".join(results)
         message = {"role": "assistant", "content": text}
         finish = "stop"
         completion_tokens = len(text.split())
