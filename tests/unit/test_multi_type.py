@@ -166,4 +166,4 @@ async def test_several_topics_run_one_subject_at_a_time() -> None:
     assert await asyncio.gather(first, second) == ["ok", "ok"]
     assert most == 1
     assert state_of(table, "s1") == {"log": ["chat.message.received.v2", "slack.message.v1"]}
-    assert d._entity_locks == {}  # noqa: SLF001 - released locks are not kept
+    assert d._entity_locks == {}  # released locks are not kept
