@@ -76,6 +76,7 @@ class Journal:
         self._meta_dirty = False
         #: step name -> how it ended in this attempt: "ran" or "replayed" (tests, the harness)
         self.outcomes: dict[str, str] = {}
+        self._on_done: list[Callable[[], None]] = []
 
     # -- steps --------------------------------------------------------------------------------
     def new_attempt(self) -> None:
@@ -169,10 +170,19 @@ class Journal:
     # -- completion ---------------------------------------------------------------------------
     def done_writes(self) -> list[TableWrite]:
         """The deletion of every entry the event's attempts read or wrote, carried by its final
-        write (call ``save_meta`` first: the meta must not wait for it)."""
+        write (call ``save_meta`` first: the meta must not wait for it). Runs the ``on_done``
+        callbacks: the event is over."""
         out: list[TableWrite] = [(key, None) for key in self._touched]
         self._touched.clear()
+        done, self._on_done = self._on_done, []
+        for fn in done:
+            fn()
         return out
+
+    def on_done(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` once when the event is over (handled or dead-lettered): per-event
+        figures such as the LLM cost of the event (``agents.llm``)."""
+        self._on_done.append(fn)
 
 
 def _decode(raw: bytes, adapter: TypeAdapter[Any] | None) -> Any:
