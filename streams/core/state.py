@@ -12,7 +12,8 @@ lookup finds them. Entity keys are JSON strings (they start with ``"``), index k
 with a NUL byte: the two never collide.
 
 Index entries older than ``VIGIL_DEDUP_RETENTION`` are deleted (with changelog tombstones) by
-``streams.adapter.worker``'s sweep, so the index is bounded by age, not by history.
+``streams.adapter.worker``'s sweep, so the index is bounded by age, not by history; so are
+journal entries (``streams.core.journal``) that no completed event deleted.
 
 Values written by format 1 (``handled``: the whole id window inside the value) are read as
 before; their ids move into the index on the entity's next write.
@@ -33,6 +34,7 @@ from uuid import UUID
 from pydantic import BaseModel, ValidationError
 
 from streams.core.errors import ConfigError
+from streams.core.journal import JOURNAL_PREFIX, META_PREFIX
 from streams.core.tables import PartitionedTable, TableWrite, str_key
 
 FORMAT_VERSION = 2
@@ -125,12 +127,18 @@ def state_copier(model: type[BaseModel] | None) -> Callable[[BaseModel], BaseMod
 
 
 def expired_ids(entries: Iterable[tuple[bytes, bytes]], before_ms: int) -> Iterator[bytes]:
-    """Keys of index entries handled before ``before_ms``, from entries in key order that start
-    at ``ID_PREFIX`` (index keys sort before every entity key)."""
+    """Keys of index entries handled before ``before_ms`` and of journal entries recorded before
+    it (steps of an event whose code path changed: nothing deletes them), from entries in key
+    order that start at ``ID_PREFIX``. Both values start with the 8-byte time. The order is
+    ``ID_PREFIX`` < ``JOURNAL_PREFIX`` < ``META_PREFIX`` < entity keys: the walk stops at the
+    first key past the journal, so an entity's meta (budgets) and state are never read here."""
     for key, value in entries:
-        if not key.startswith(ID_PREFIX):
+        if key >= META_PREFIX or not key.startswith(b"\x00"):
             return
-        if int.from_bytes(value[:8], "little", signed=True) < before_ms:
+        if (
+            key.startswith((ID_PREFIX, JOURNAL_PREFIX))
+            and int.from_bytes(value[:8], "little", signed=True) < before_ms
+        ):
             yield key
 
 
