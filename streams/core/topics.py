@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from schemas import split_type
 from schemas.cdc import OP_NAMES
+from schemas.customers import CUSTOMER_TYPES, ONBOARDING_TYPES
+from schemas.pull_request import PULL_REQUEST_TYPES
 from streams.core.errors import ConfigError
 
 
@@ -21,6 +23,12 @@ class TopicSpec:
 
 
 CATALOGUE: tuple[TopicSpec, ...] = (
+    TopicSpec("customers.v1", CUSTOMER_TYPES, "Customer sign-ups, key = customer id"),
+    TopicSpec(
+        "customers.onboarding.v1",
+        ONBOARDING_TYPES,
+        "What the onboarding fan-out derives from a sign-up (plan, enrichment, notification), key = customer id",
+    ),
     TopicSpec(
         "chat.messages.v1", ("chat.message.received",), "Incoming chat messages, key = conversation id"
     ),
@@ -33,6 +41,21 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     ),
     TopicSpec("slack.replies.v1", ("slack.reply.requested",), "Messages for the Slack sink to post"),
     TopicSpec("github.comments.v1", ("github.comment.requested",), "Comments for the GitHub sink to post"),
+    TopicSpec(
+        "github.pull_request.v1",
+        PULL_REQUEST_TYPES,
+        "GitHub pull_request webhooks from the gateway, key = owner/repo#number",
+    ),
+    TopicSpec(
+        "webhooks.alerts.v1",
+        ("webhooks.alerts.received",),
+        "Alerts from the gateway's generic webhook source 'alerts', key = the alert's fingerprint",
+    ),
+    TopicSpec(
+        "incidents.v1",
+        ("incident.triaged", "incident.escalated"),
+        "Incidents of the triage agent, key = alert fingerprint",
+    ),
 )
 
 DLQ_PREFIX = "dlq."
