@@ -12,6 +12,8 @@ from pydantic import BaseModel, Field
 from schemas import ChatMessageReceivedV2, ChatReplyRequestedV1, Envelope, InvalidPayloadError
 from streams import Context, runtime
 
+from .llm import agent_prompt
+
 MAX_TURNS = 10
 SYSTEM_PROMPT = "You are a concise, friendly support agent. Answer the user's last message."
 
@@ -42,7 +44,7 @@ async def support(event: Envelope[ChatMessageReceivedV2], ctx: Context[SupportSt
         history.append({"role": "assistant", "content": turn.reply})
     reply = await ctx.llm.complete(
         [
-            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "system", "content": agent_prompt(ctx, SYSTEM_PROMPT)},
             *history,
             {"role": "user", "content": f"[{msg.channel}] {msg.user}: {msg.text}"},
         ]

@@ -112,6 +112,20 @@ class Settings(BaseSettings):
         0, ge=0, description="Tokens per entity (subject) per agent per budget window; 0 = unlimited"
     )
     llm_budget_window: float = Field(3600.0, gt=0, description="Seconds of one token-budget window")
+    llm_entity_cost_usd_per_window: float = Field(
+        0.0, ge=0, description="US dollars per entity (subject) per agent per budget window; 0 = unlimited"
+    )
+    llm_max_tokens: int = Field(
+        1024,
+        ge=1,
+        description="max_tokens sent with a call that gives none while an entity budget is on (what it reserves)",
+    )
+    llm_budget_action: Literal["wait", "park"] = Field(
+        "wait", description="An entity over its budget waits for the next window, or is dead-lettered (park)"
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Worker log lines as text, or as JSON objects with event id, subject and trace id"
+    )
 
     def topic(self, name: str) -> str:
         """The real name of a catalogue topic: the prefix is prepended verbatim."""

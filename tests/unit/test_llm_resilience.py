@@ -16,7 +16,7 @@ import pytest
 
 from agents.circuit import CircuitState
 from agents.fake_llm import FakeLLM, completion
-from agents.llm import UNBOUND, LLMClient, LLMError, router_config
+from agents.llm import UNBOUND, LLMClient, LLMError, estimate_prompt_tokens, router_config
 from streams import Settings
 from streams.core.backpressure import Blocked
 from streams.observability.metrics import REGISTRY
@@ -250,32 +250,35 @@ async def test_tokens_and_cost_are_the_servers_usage_priced_by_litellm(server: t
 async def test_entity_budget_delays_one_subject_agent_budget_pauses_the_agent(
     server: tuple[FakeLLM, str],
 ) -> None:
+    """Without a journal (a context built by hand) the entity budget is kept in memory; the
+    journaled, durable case is in test_llm_budgets.py."""
     fake, base = server
     usage = completion({"messages": MSG})["usage"]
     per_call = usage["total_tokens"]
+    reserve = estimate_prompt_tokens(MSG, None) + 10  # max_tokens=10
     client = LLMClient(
-        settings(base, llm_entity_tokens_per_window=per_call, llm_agent_tokens_per_window=3 * per_call)
+        settings(base, llm_entity_tokens_per_window=reserve, llm_agent_tokens_per_window=3 * per_call)
     )
     agent = agent_name()
     budget = client.budget(agent)
-    await client.bind(agent, "hot").complete(MSG)
-    with pytest.raises(Blocked) as info:
-        await client.bind(agent, "hot").complete(MSG)
-    assert info.value.gate is None and info.value.retry_at == budget.resets_at()
+    await client.bind(agent, "hot").complete(MSG, max_tokens=10)
+    with pytest.raises(Blocked) as info:  # spent + the next reservation > the budget
+        await client.bind(agent, "hot").complete(MSG, max_tokens=10)
+    assert info.value.gate is None and info.value.retry_at is not None
     assert fake.stats["received"] == 1  # refused before the server
     assert not budget.blocked()
-    await client.bind(agent, "b").complete(MSG)
-    await client.bind(agent, "c").complete(MSG)
+    await client.bind(agent, "b").complete(MSG, max_tokens=10)
+    await client.bind(agent, "c").complete(MSG, max_tokens=10)
     assert budget.used() == 3 * per_call and budget.blocked() and budget in client.gates_for(agent)
     with pytest.raises(Blocked) as info:
-        await client.bind(agent, "d").complete(MSG)
+        await client.bind(agent, "d").complete(MSG, max_tokens=10)
     assert info.value.gate is budget
     assert fake.stats["received"] == 3
     assert metric("vigil_llm_budget_rejections_total", agent=agent, scope="entity") == 1
     assert metric("vigil_llm_budget_rejections_total", agent=agent, scope="agent") == 1
     assert metric("vigil_llm_requests_total", agent=agent, model="openai/main-model", outcome="rejected") == 2
     # another agent of the same client has its own budget
-    await client.bind(agent_name(), "d").complete(MSG)
+    await client.bind(agent_name(), "d").complete(MSG, max_tokens=10)
 
 
 async def test_unbound_calls_are_counted_under_their_own_label(server: tuple[FakeLLM, str]) -> None:
