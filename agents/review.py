@@ -2,10 +2,14 @@
 
 ``review`` consumes ``github.pull_request.opened.v1`` and ``github.pull_request.synchronize.v1``
 on ``github.pull_request.v1`` (the gateway's GitHub webhooks, subject ``owner/repo#number``),
-fetches the pull request's diff (``GET {VIGIL_GITHUB_API_BASE}/repos/{owner}/{repo}/pulls/{number}``
-with ``Accept: application/vnd.github.diff``, a journaled step: a retry or redelivery does not
-fetch it again), asks the LLM for a review and emits one ``github.comment.requested.v1`` on
-``github.comments.v1``, which the GitHub sink (agent ``github_comments``) posts.
+asks the LLM for a review with one tool, ``fetch_diff`` (``GET
+{VIGIL_GITHUB_API_BASE}/repos/{owner}/{repo}/pulls/{number}`` with ``Accept:
+application/vnd.github.diff``; ``agents.tools.run_tools`` journals each LLM reply and the
+tool's result, so a retry or redelivery neither asks nor fetches again) and emits one
+``github.comment.requested.v1`` on ``github.comments.v1``, which the GitHub sink (agent
+``github_comments``) posts. A 5xx, rate limit or network error on the diff makes the pull
+request wait ``VIGIL_REVIEW_DIFF_RETRY_DELAY`` s and try again (no retry attempt used); another
+4xx goes back to the model as the tool's result.
 
 Exactly one comment per (pull request, head sha): the entity state keeps the head shas already
 reviewed, so the same sha delivered again (a GitHub redelivery has a new delivery id, so event
@@ -18,12 +22,14 @@ and webhook secret).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import aiohttp
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agents.tools import run_tools, tool
 from schemas import (
     Envelope,
     GitHubCommentRequestedV1,
@@ -34,6 +40,7 @@ from schemas import (
 )
 from schemas.pull_request import GitHubPullRequestEvent
 from streams import Context, Settings, runtime
+from streams.core.backpressure import Blocked
 from streams.core.retry import Retry
 from streams.sinks.settings import SinkSettings
 
@@ -42,9 +49,12 @@ log = logging.getLogger(__name__)
 AGENT = "review"
 DIFF_MEDIA_TYPE = "application/vnd.github.diff"
 SYSTEM_PROMPT = (
-    "You are a careful senior engineer reviewing a pull request. Point out bugs, risky changes "
-    "and missing tests in the diff; be brief and concrete; say so when it looks good."
+    "You are a careful senior engineer reviewing a pull request. First call the fetch_diff tool "
+    "to read its changes. Then point out bugs, risky changes and missing tests; be brief and "
+    "concrete; say so when it looks good."
 )
+#: LLM requests per review: the one that calls fetch_diff, the review, and room for a retry
+MAX_STEPS = 4
 #: a comment's body limit (GitHubCommentRequestedV1) minus room for the header
 MAX_REVIEW_CHARS = 64_000
 
@@ -54,6 +64,9 @@ class ReviewSettings(BaseSettings):
 
     review_max_diff_chars: int = Field(
         60_000, ge=1_000, description="Characters of a diff put in the prompt (the rest is cut)"
+    )
+    review_diff_retry_delay: float = Field(
+        5.0, gt=0, description="Seconds a pull request waits before fetching its diff again after a 5xx"
     )
     review_shas_kept: int = Field(
         100, ge=1, description="Head shas a pull request's state remembers as reviewed (newest)"
@@ -130,7 +143,24 @@ class GitHubDiffs:
 runtime.provide("github_diffs", GitHubDiffs.from_settings)
 
 
-def prompt(pr: GitHubPullRequestEvent, diff: str) -> list[dict[str, Any]]:
+@tool
+async def fetch_diff(ctx: Context[Any]) -> str:
+    """Fetch the unified diff of the pull request under review. Takes no arguments."""
+    pr: GitHubPullRequestEvent = ctx.event.data
+    diffs: GitHubDiffs = ctx.resources["github_diffs"]
+    try:
+        return await diffs.fetch(pr.repo, pr.number)
+    except DiffFetchError as exc:
+        if not exc.retriable:
+            raise  # the model reads the error as the tool's result
+        # GitHub may answer later: this subject waits and runs again (the LLM's first reply
+        # replays from the journal), without using a retry attempt; others go on
+        delay = diffs.settings.review_diff_retry_delay
+        log.warning("review: %s; fetching the diff again in %.1fs", exc, delay)
+        raise Blocked(str(exc), retry_at=time.monotonic() + delay) from exc
+
+
+def prompt(pr: GitHubPullRequestEvent) -> list[dict[str, Any]]:
     p = pr.pull_request
     author = p.user.login if p.user else "unknown"
     return [
@@ -140,7 +170,7 @@ def prompt(pr: GitHubPullRequestEvent, diff: str) -> list[dict[str, Any]]:
             "content": (
                 f"Pull request {pr.repo}#{pr.number} by {author}: {p.title}\n"
                 f"{p.body or '(no description)'}\n\n"
-                f"Head {p.head.sha} ({p.head.ref}) into {p.base.ref}. The diff:\n\n{diff}"
+                f"Head {p.head.sha} ({p.head.ref}) into {p.base.ref}. Review its diff."
             ),
         },
     ]
@@ -169,10 +199,10 @@ async def review(event: Envelope[GitHubPullRequestEvent], ctx: Context[ReviewSta
     if sha in ctx.state.reviewed:
         log.info("review: %s at %s was reviewed already (%s); no second comment", expected, sha, event.type)
         return
-    diffs: GitHubDiffs = ctx.resources["github_diffs"]
-    diff: str = await ctx.step("fetch_diff", diffs.fetch, pr.repo, pr.number, result_type=str)
-    reply = await ctx.llm.complete(prompt(pr, diff))
+    run = await run_tools(ctx, prompt(pr), [fetch_diff], max_steps=MAX_STEPS)
+    if not any(call.name == fetch_diff.name and call.ok for call in run.calls):
+        log.warning("review: %s at %s reviewed without its diff (the model did not get it)", expected, sha)
     ctx.state.reviewed.append(sha)
-    del ctx.state.reviewed[: -diffs.settings.review_shas_kept]
+    del ctx.state.reviewed[: -ctx.resources["github_diffs"].settings.review_shas_kept]
     ctx.state.reviews += 1
-    await ctx.emit(GitHubCommentRequestedV1(repo=pr.repo, number=pr.number, body=comment(pr, reply.text)))
+    await ctx.emit(GitHubCommentRequestedV1(repo=pr.repo, number=pr.number, body=comment(pr, run.text)))

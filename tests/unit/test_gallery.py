@@ -15,7 +15,7 @@ from pydantic import BaseModel, SecretStr
 
 import agents  # noqa: F401 - declares the gallery agents into streams.runtime
 from agents.llm import LLMReply
-from agents.review import GitHubDiffs, ReviewSettings, ReviewState
+from agents.review import DiffFetchError, GitHubDiffs, ReviewSettings, ReviewState
 from agents.triage import TriageState
 from ops.fakes.fake_github import DIFF_MEDIA_TYPE, FakeGitHub
 from schemas import GitHubPullRequestOpenedV1, RawEnvelope, VigilError, registry
@@ -23,6 +23,7 @@ from schemas.pull_request import OTHER_ACTIONS
 from streams import Settings, runtime
 from streams.core import codec, topics
 from streams.core.dispatcher import Dispatcher
+from streams.core.journal import Journal
 from streams.core.records import ConsumedRecord
 from streams.core.state import StateStore
 from streams.core.tables import MemoryTable, str_key
@@ -39,21 +40,52 @@ T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
 class FakeLLM:
+    """An LLM client whose requests are journaled steps named ``llm`` (as ``ctx.llm``'s are):
+    asks for each offered tool once (no arguments), then answers quoting the tool results."""
+
     def __init__(self) -> None:
         self.calls: list[list[dict[str, Any]]] = []
 
-    async def complete(self, messages: list[dict[str, Any]], **_: Any) -> LLMReply:
-        self.calls.append(messages)
-        return LLMReply(text=f"reply {len(self.calls)}", model="fake")
+    def bind(self, agent: str, subject: str | None = None, *, journal: Journal | None = None) -> Bound:
+        assert journal is not None
+        return Bound(self, journal)
+
+    async def call(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> LLMReply:
+        self.calls.append([dict(m) for m in messages])
+        results = [m["content"] for m in messages if m["role"] == "tool"]
+        if tools and not results:
+            calls = [
+                {"id": f"call_{len(self.calls)}_{i}", "name": t["function"]["name"], "arguments": "{}"}
+                for i, t in enumerate(tools)
+            ]
+            return LLMReply(text="", model="fake", tool_calls=calls)
+        return LLMReply(text=" | ".join([f"reply {len(self.calls)}", *results]), model="fake")
+
+
+class Bound:
+    def __init__(self, client: FakeLLM, journal: Journal) -> None:
+        self.client, self.journal = client, journal
+
+    async def complete(
+        self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None, **_: Any
+    ) -> LLMReply:
+        reply: LLMReply = await self.journal.step(
+            "llm", self.client.call, messages, tools, result_type=LLMReply
+        )
+        return reply
 
 
 class FakeDiffs:
-    def __init__(self) -> None:
-        self.settings = ReviewSettings(_env_file=None)  # type: ignore[call-arg]
+    def __init__(self, failures: int = 0) -> None:
+        self.settings = ReviewSettings(_env_file=None, review_diff_retry_delay=0.05)  # type: ignore[call-arg]
         self.fetched: list[tuple[str, int]] = []
+        self.failures = failures
 
     async def fetch(self, repo: str, number: int) -> str:
         self.fetched.append((repo, number))
+        if self.failures:
+            self.failures -= 1
+            raise DiffFetchError("GET ...: HTTP 502", retriable=True)
         return f"diff --git a/x.py b/x.py\n+print({len(self.fetched)})\n"
 
 
@@ -149,12 +181,24 @@ async def test_review_comments_once_per_head_sha() -> None:
     assert [(e["data"]["repo"], e["data"]["number"]) for e in out] == [(REPO, NUMBER)] * 2
     assert [e["subject"] for e in out] == [PR, PR]
     assert [e["causationid"] for e in out] == ["delivery-1", "delivery-5"]
-    assert SHA_A[:12] in out[0]["data"]["body"] and "reply 1" in out[0]["data"]["body"]
-    assert SHA_B[:12] in out[1]["data"]["body"] and "reply 2" in out[1]["data"]["body"]
-    assert diffs.fetched == [(REPO, NUMBER)] * 2 and len(llm.calls) == 2
-    assert "+print(1)" in llm.calls[0][-1]["content"]  # the LLM saw the diff
+    # the review is the model's second reply, which read the diff the tool fetched
+    assert SHA_A[:12] in out[0]["data"]["body"] and "reply 2 | diff --git" in out[0]["data"]["body"]
+    assert "+print(1)" in out[0]["data"]["body"] and "+print(2)" in out[1]["data"]["body"]
+    assert SHA_B[:12] in out[1]["data"]["body"] and "reply 4" in out[1]["data"]["body"]
+    assert diffs.fetched == [(REPO, NUMBER)] * 2 and len(llm.calls) == 4
     assert WEBHOOK["pull_request"]["title"] in llm.calls[0][-1]["content"]
     assert state_of(table, PR) == {"reviewed": [SHA_A, SHA_B], "reviews": 2}
+
+
+async def test_review_waits_out_a_failing_diff_fetch_and_asks_the_model_once() -> None:
+    llm, diffs = FakeLLM(), FakeDiffs(failures=2)
+    d, _, pub = dispatcher("review", ReviewState, {"llm": llm, "github_diffs": diffs})
+    assert await d.handle(pull_request("opened", SHA_A, "delivery-1", 0)) == "ok"
+    assert len(diffs.fetched) == 3  # two 502s, then the diff
+    # the first reply (the tool call) was journaled: replayed after each wait, not asked again
+    assert len(llm.calls) == 2
+    (comment,) = pub.events()
+    assert "+print(3)" in comment["data"]["body"]
 
 
 async def test_review_subject_must_name_the_pull_request() -> None:
