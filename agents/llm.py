@@ -54,6 +54,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 for _name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
+log = logging.getLogger(__name__)
+
 #: agent label of calls made on the client itself rather than through ``bind``
 UNBOUND = "unbound"
 
@@ -320,7 +322,11 @@ class LLMClient:
         try:
             budget.check()
             if entity is not None:
-                kwargs, hold = self._reserve(agent, entity, main, messages, tools, kwargs)
+                try:
+                    kwargs, hold = self._reserve(agent, entity, main, messages, tools, kwargs)
+                except (Blocked, BudgetExceeded) as exc:
+                    log.info("agent %s: LLM call refused: %s", agent, exc)  # carries the event (logs.py)
+                    raise
             probe = circuit.admit()
         except (Blocked, BudgetExceeded):
             if entity is not None and hold is not None:

@@ -43,7 +43,7 @@ from streams.core.records import ConsumedRecord
 from streams.core.scheduler import KeyOrderedScheduler
 from streams.core.settings import Settings
 from streams.core.state import ID_PREFIX, StateStore, expired_ids
-from streams.observability import metrics, startup
+from streams.observability import logs, metrics, startup
 
 log = logging.getLogger(__name__)
 
@@ -348,6 +348,7 @@ def run_worker(
     obs.readiness.checks.append(guard.stalled_reason)
     app.downstream_lag_reader = obs.lag.downstream_lag
     worker = VigilWorker(app, loglevel=settings.log_level.upper(), quiet=True, loop=loop)
+    worker.logging_config = logs.logging_config(settings.log_format, settings.log_level)  # VIGIL_LOG_FORMAT
     if exit_when_idle is not None:
         idle.install(app, worker, exit_when_idle)
     # The worker leaves these loggers at DEBUG: every record would build log records that the
