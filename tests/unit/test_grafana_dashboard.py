@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+import agents.llm  # noqa: F401 - registers vigil_llm_cost_per_event_usd
 import streams.adapter.restore
 import streams.observability.startup
 import streams.sinks.metrics
