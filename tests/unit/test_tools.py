@@ -35,6 +35,7 @@ from streams.core.records import ConsumedRecord
 from streams.core.retry import Retry
 from streams.core.state import StateStore
 from streams.core.tables import MemoryTable
+from streams.observability.metrics import REGISTRY
 
 PARTITION = 0
 
@@ -332,12 +333,24 @@ async def test_a_multi_step_run_sends_each_result_back_to_the_model(server: tupl
     assert not [k for k in table.keys(PARTITION) if k.startswith(JOURNAL_PREFIX)]  # pruned at the end
 
 
+OUTCOMES = [("flaky", "invalid"), ("unknown", "unknown"), ("broken", "error"), ("picky", "retry")]
+
+
+def counted(tool_name: str, outcome: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "vigil_tool_calls_total", {"agent": "helper", "tool": tool_name, "outcome": outcome}
+    )
+    return value or 0.0
+
+
 async def test_tool_errors_go_back_to_the_model_not_up(server: tuple[FakeLLM, str]) -> None:
     _, base = server
     calls = Calls()
     runs: list[ToolRun] = []
     d, _, pub = dispatcher(reply_with(runs, calls.tools()), base)
+    before = {o: counted(t, o) for t, o in OUTCOMES}
     assert await d.handle(record("help [tools: flaky, no_such_tool, broken, picky]")) == "ok"
+    assert {o: counted(t, o) - before[o] for t, o in OUTCOMES} == dict.fromkeys(before, 1.0)
     (run,) = runs
     assert [c.outcome for c in run.calls] == ["invalid", "unknown", "error", "retry"]
     assert [name for name, _ in calls.log] == ["broken", "picky"]  # flaky never ran: invalid arguments
@@ -415,7 +428,12 @@ async def test_a_retried_event_runs_no_tool_and_no_llm_request_twice(server: tup
             raise ConnectionError("the database went away after the tools ran")
 
     d, table, pub = dispatcher(handler, base)
+    replayed = counted("lookup_order", "replayed"), counted("notify", "replayed")
     assert await d.handle(record("order 7 [tools: lookup_order, notify, lookup_order]")) == "ok"
+    assert (
+        counted("lookup_order", "replayed") - replayed[0],
+        counted("notify", "replayed") - replayed[1],
+    ) == (2, 1)
     assert [name for name, _ in calls.log] == ["lookup_order", "notify", "lookup_order"]  # each once
     assert fake.stats["ok"] == 4  # three tool-call replies and the final text, none asked again
     first, second = attempts
