@@ -36,6 +36,7 @@ from typing import Any
 
 from streams.core.settings import Settings
 
+from .config import AgentSettings
 from .llm import LLMClient
 from .tools import Tool
 
@@ -114,25 +115,54 @@ class ScriptedLLM(LLMClient):
         *,
         default: Callable[[LLMRequest], Any] | None = None,
         settings: Settings | None = None,
+        agents: AgentSettings | None = None,
         num_retries: int = 0,
+        cost_per_token: tuple[float, float] | None = None,
     ) -> None:
+        """``settings``: circuit, budgets, max tokens (the model, api base and fallbacks are the
+        script's); ``agents``: per-agent prompts, max tokens and budgets (``agents.config``; their
+        models and fallbacks are dropped: every agent is served by the script);
+        ``cost_per_token``: (prompt, completion) US dollars litellm's cost map charges per token
+        (default: unpriced, cost 0)."""
         self.name = f"scripted-{next(_numbers)}"
+        model = f"{PROVIDER}/{self.name}"
         base = settings or Settings(_env_file=None)
+        per_agent = agents if agents is not None else AgentSettings()
+        unrouted = {
+            name: config.model_copy(update={"model": None, "fallbacks": None})
+            for name, config in per_agent.agent.items()
+        }
         super().__init__(
             base.model_copy(
                 update={
-                    "llm_model": f"{PROVIDER}/{self.name}",
+                    "llm_model": model,
                     "llm_api_base": None,
                     "llm_fallbacks": "",
                     "llm_num_retries": num_retries,
                 }
-            )
+            ),
+            per_agent.model_copy(update={"agent": unrouted}),
         )
         self.script: deque[ScriptItem] = deque(script)
         self.default = default
         self.requests: list[LLMRequest] = []
         _clients[self.name] = self
         _register_provider()  # imports litellm (seconds, once per process)
+        if cost_per_token is not None:
+            import litellm
+
+            litellm.register_model(
+                {
+                    model: {
+                        "input_cost_per_token": cost_per_token[0],
+                        "output_cost_per_token": cost_per_token[1],
+                        "cache_creation_input_token_cost": 0.0,
+                        "cache_read_input_token_cost": 0.0,
+                        "litellm_provider": PROVIDER,
+                        "mode": "chat",
+                    }
+                }
+            )
 
     def add(self, *items: ScriptItem) -> None:
         """Append replies to the script."""

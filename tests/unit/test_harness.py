@@ -248,6 +248,21 @@ async def test_a_handler_stuck_on_an_open_circuit_fails_the_send_after_the_timeo
     assert len(llm.requests) == 1  # the open circuit kept the retry from reaching the provider
 
 
+async def test_entity_budgets_are_the_real_ones_spent_in_durable_meta() -> None:
+    settings = Settings(  # type: ignore[call-arg]
+        llm_entity_cost_usd_per_window=0.01, llm_max_tokens=10, llm_budget_action="park", _env_file=None
+    )
+    replies = [Reply("pricey", prompt_tokens=80, completion_tokens=10), "cheap"]
+    llm = ScriptedLLM(replies, settings=settings, cost_per_token=(1e-4, 1e-4))
+    async with harness(llm=llm) as h:
+        assert (await h.send(message(), subject="c1")).outcome == "ok"
+        assert h.meta("c1")["budget"]  # the spend lives in the entity's journal meta
+        over = await h.send(message("again"), subject="c1")
+        assert over.outcome == "dlq" and h.dead_letters[0].reason == "budget"
+        assert (await h.send(message(conv="c2"), subject="c2")).outcome == "ok"  # another entity flows
+    assert len(llm.requests) == 2 and llm.requests[0].params == {"max_tokens": 10}
+
+
 async def test_park_and_partitions() -> None:
     async def boom(event: Envelope[ChatMessageReceivedV2], ctx: Context[Count]) -> None:
         if event.data.text == "bad":
