@@ -172,6 +172,9 @@ def _is_context(hint: Any) -> bool:
     return isinstance(origin, type) and issubclass(origin, Context)
 
 
+_VALUES = frozenset({"default", "const", "enum", "examples", "example"})
+
+
 def _strip_titles(node: Any) -> Any:
     """pydantic's schema without its generated ``title``s (tokens the model need not read)."""
     if isinstance(node, list):
@@ -184,6 +187,8 @@ def _strip_titles(node: Any) -> Any:
             continue
         if key in ("properties", "$defs", "definitions", "patternProperties") and isinstance(value, dict):
             out[key] = {k: _strip_titles(v) for k, v in value.items()}
+        elif key in _VALUES:
+            out[key] = value  # data, not schema: a default may well hold a "title"
         else:
             out[key] = _strip_titles(value)
     return out

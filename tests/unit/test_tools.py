@@ -95,6 +95,15 @@ def test_schema_comes_from_the_signature_and_the_docstring() -> None:
     assert limit["description"] == "at most this many."
     assert params["$defs"]["Address"]["required"] == ["city"]
     assert '"title"' not in json.dumps(params)  # generated titles stripped
+
+    def titled(book: dict[str, str] = {"title": "Dune"}, title: str = "x") -> None:  # noqa: B006
+        """A default and a parameter named title are data, not schema titles."""
+
+    props = Tool(titled).parameters["properties"]
+    assert props["book"]["default"] == {"title": "Dune"} and props["title"] == {
+        "default": "x",
+        "type": "string",
+    }
     assert find_orders.context_param == "ctx"
 
 
