@@ -29,6 +29,7 @@ import aiohttp
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agents.llm import agent_prompt
 from agents.tools import run_tools, tool
 from schemas import (
     Envelope,
@@ -160,11 +161,11 @@ async def fetch_diff(ctx: Context[Any]) -> str:
         raise Blocked(str(exc), retry_at=time.monotonic() + delay) from exc
 
 
-def prompt(pr: GitHubPullRequestEvent) -> list[dict[str, Any]]:
+def prompt(pr: GitHubPullRequestEvent, system: str = SYSTEM_PROMPT) -> list[dict[str, Any]]:
     p = pr.pull_request
     author = p.user.login if p.user else "unknown"
     return [
-        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "system", "content": system},
         {
             "role": "user",
             "content": (
@@ -199,7 +200,8 @@ async def review(event: Envelope[GitHubPullRequestEvent], ctx: Context[ReviewSta
     if sha in ctx.state.reviewed:
         log.info("review: %s at %s was reviewed already (%s); no second comment", expected, sha, event.type)
         return
-    run = await run_tools(ctx, prompt(pr), [fetch_diff], max_steps=MAX_STEPS)
+    system = agent_prompt(ctx, SYSTEM_PROMPT)  # VIGIL_AGENT__REVIEW__PROMPT overrides it
+    run = await run_tools(ctx, prompt(pr, system), [fetch_diff], max_steps=MAX_STEPS)
     if not any(call.name == fetch_diff.name and call.ok for call in run.calls):
         log.warning("review: %s at %s reviewed without its diff (the model did not get it)", expected, sha)
     ctx.state.reviewed.append(sha)

@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agents.llm import agent_prompt
 from schemas import (
     AlertReceivedV1,
     Envelope,
@@ -92,10 +93,10 @@ def in_window(state: TriageState, at: datetime, window: float) -> bool:
     return state.opened_at is not None and at - state.opened_at < timedelta(seconds=window)
 
 
-def prompt(alert: AlertReceivedV1) -> list[dict[str, Any]]:
+def prompt(alert: AlertReceivedV1, system: str = SYSTEM_PROMPT) -> list[dict[str, Any]]:
     body = json.dumps(alert.model_dump(mode="json", exclude_none=True), sort_keys=True)[:MAX_ALERT_CHARS]
     return [
-        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "system", "content": system},
         {
             "role": "user",
             "content": f"Alert {alert.headline!r} (severity {alert.level}, fingerprint "
@@ -147,7 +148,8 @@ async def triage(event: Envelope[AlertReceivedV1], ctx: Context[TriageState]) ->
             await ctx.emit(escalation(state, alert, f"a repeat of {alert.fingerprint} is critical"))
         return
     previous = state.occurrences
-    reply = await ctx.llm.complete(prompt(alert))
+    system = agent_prompt(ctx, SYSTEM_PROMPT)  # VIGIL_AGENT__TRIAGE__PROMPT overrides it
+    reply = await ctx.llm.complete(prompt(alert, system))
     state.opened_at = at
     state.incident_id = event.id
     state.occurrences = 1

@@ -25,7 +25,10 @@ from typing import Any
 
 import pytest
 
+from agents.fake_llm import completion
+from agents.triage import prompt
 from ops.fakes.fake_github import DIFF_MEDIA_TYPE, FakeGitHub
+from schemas import AlertReceivedV1
 from streams import kafka
 from streams.core.tables import str_key
 from streams.sources.gateway.signatures import decode_whsec, github_signature, standard_signature
@@ -40,7 +43,12 @@ WEBHOOK = json.loads((Path(__file__).parent / "webhooks/github_pull_request_open
 REPO, NUMBER = WEBHOOK["repository"]["full_name"], WEBHOOK["number"]
 SHA_A, SHA_B = "1" * 40, "2" * 40
 DIFF_A = "diff --git a/app.py b/app.py\n+print('first push')\n"
+TRIAGE_PROMPT = "You triage alerts for the gallery test."
 DIFF_B = "diff --git a/app.py b/app.py\n+print('second push')\n"
+
+
+def alert_body(fingerprint: str, severity: str, title: str) -> dict[str, Any]:
+    return {"fingerprint": fingerprint, "status": "firing", "severity": severity, "title": title}
 
 
 @dataclass
@@ -97,9 +105,7 @@ class Gallery:
 
     def alert(self, fingerprint: str, severity: str, title: str) -> str:
         """POST a signed Standard Webhooks alert to the ``alerts`` source; its webhook id."""
-        body = json.dumps(
-            {"fingerprint": fingerprint, "status": "firing", "severity": severity, "title": title}
-        ).encode()
+        body = json.dumps(alert_body(fingerprint, severity, title)).encode()
         msg_id, ts = f"msg_{uuid.uuid4().hex}", str(int(time.time()))
         headers = {
             "webhook-id": msg_id,
@@ -160,6 +166,7 @@ def gallery(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> I
                 VIGIL_GITHUB_API_BASE=github_url,
                 VIGIL_GITHUB_TOKEN=TOKEN,
                 VIGIL_TRIAGE_WINDOW="300",
+                VIGIL_AGENT__TRIAGE__PROMPT=TRIAGE_PROMPT,
             )
             gallery = Gallery(cluster, llm, github, gateway, f"http://127.0.0.1:{port}", worker)
 
@@ -228,7 +235,10 @@ def test_triage_counts_repeats_and_escalates_critical(gallery: Gallery) -> None:
     assert [e["type"] for e in by_subject[repeated]] == ["incident.triaged.v1"]
     triaged = by_subject[repeated][0]["data"]
     assert triaged["alert_id"] == first and triaged["severity"] == "warning"
-    assert triaged["title"] == "disk 91% full" and "disk 91% full" in triaged["summary"]  # the LLM's
+    # the LLM's reply to the agent's prompt, its system prompt from VIGIL_AGENT__TRIAGE__PROMPT
+    alert = AlertReceivedV1.model_validate(alert_body(repeated, "warning", "disk 91% full"))
+    expected = completion({"messages": prompt(alert, TRIAGE_PROMPT)})["choices"][0]["message"]["content"]
+    assert triaged["title"] == "disk 91% full" and triaged["summary"] == expected
     escalated = by_subject[critical][1]["data"]
     assert escalated["severity"] == "critical"
     assert escalated["alert_id"] == by_subject[critical][0]["data"]["alert_id"]
