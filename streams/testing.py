@@ -244,8 +244,6 @@ class AgentHarness:
         event: Envelope[Any] | None
         value: bytes | None
         if isinstance(item, bytes):
-            if fail_after_step is not None:
-                raise HarnessError("fail_after_step needs an event, not raw bytes")
             event, value = None, item
             record_key = _bytes(key) if key is not None else (subject.encode() if subject else None)
             record_headers = list(headers or [])
@@ -358,7 +356,8 @@ class AgentHarness:
         self, record: ConsumedRecord, event: Envelope[Any] | None, fail_after_step: str | None
     ) -> Sent:
         if fail_after_step is not None:
-            assert event is not None
+            if event is None:
+                raise HarnessError("fail_after_step needs an event, not raw bytes")
             self.table.crash_after = (journal_key(event.id, fail_after_step), fail_after_step)
         self._attempts = []
         sent_before = len(self.publisher.sent)

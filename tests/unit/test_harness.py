@@ -295,6 +295,8 @@ async def test_several_types_and_topic_choice() -> None:
         AgentHarness("nope", runtime=rt)
     with pytest.raises(HarnessError, match="needs subject="):
         await h.send(message())
+    with pytest.raises(HarnessError, match="needs an event"):
+        await h.send(b"{}", key="c1", fail_after_step="llm")
 
 
 def test_an_undeclared_function_is_refused() -> None:
@@ -302,6 +304,23 @@ def test_an_undeclared_function_is_refused() -> None:
 
     with pytest.raises(HarnessError, match="stray is not a declared agent"):
         AgentHarness(stray, runtime=Runtime())
+
+
+async def test_the_shipped_support_agent_is_found_in_the_process_runtime(
+    agent_harness: HarnessFactory,
+) -> None:
+    from agents.support import support
+
+    llm = ScriptedLLM(["Your order shipped.", "You are welcome."])
+    h = agent_harness(support, llm=llm)
+    assert h.spec.name == "support"
+    await h.send(message("where is my order?"), subject="c1")
+    await h.send(message("thanks"), subject="c1")
+    assert [e.data.sequence for e in h.emitted(ChatReplyRequestedV1)] == [1, 2]
+    assert [t.reply for t in h.state("c1").turns] == ["Your order shipped.", "You are welcome."]
+    second = llm.requests[1].messages  # the conversation so far went with the second request
+    assert {"role": "assistant", "content": "Your order shipped."} in second
+    assert second[-1]["content"] == "[web] ann: thanks"
 
 
 async def test_the_fixture_comes_from_the_installed_plugin(agent_harness: HarnessFactory) -> None:
