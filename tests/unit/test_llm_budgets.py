@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from typing import Any
 
@@ -15,12 +16,17 @@ from agents.budget import BudgetExceeded
 from agents.config import AgentLLMConfig, AgentSettings
 from agents.fake_llm import FakeLLM, completion
 from agents.llm import LLMClient, LLMReply, agent_alias, agent_prompt, estimate_prompt_tokens, router_config
-from streams import Settings
+from schemas import ChatMessageReceivedV2, Envelope
+from streams import Runtime, Settings
 from streams.core.backpressure import Blocked
 from streams.core.context import Context
+from streams.core.dispatcher import Dispatcher
 from streams.core.journal import Journal, meta_key
+from streams.core.state import StateStore
 from streams.core.tables import MemoryTable
 from streams.observability.metrics import REGISTRY
+from tests.unit.test_dispatcher import Counter, Entities, MemoryPublisher
+from tests.unit.test_dispatcher import record as dispatcher_record
 
 MSG = [{"role": "user", "content": "where is my order?"}]
 MAX = 10  # max_tokens of every call below
@@ -291,3 +297,54 @@ def test_per_agent_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch
     llm = LLMClient(Settings(_env_file=None, llm_entity_tokens_per_window=100), agents)  # type: ignore[call-arg]
     assert llm.entity_limits("triage").tokens == 500 and llm.entity_limits("review").tokens == 100
     assert llm.model_of("support") == "openai/gpt-4o-mini" and llm.model_of("review") == "openai/fake"
+
+
+# -- through the dispatcher: what an over-budget entity's event becomes ------------------------
+def budget_dispatcher(llm: LLMClient, *, park: bool) -> tuple[Dispatcher, Entities, MemoryPublisher]:
+    rt = Runtime()
+    name = agent_name()
+
+    async def answer(event: Envelope[ChatMessageReceivedV2], ctx: Context[Counter]) -> None:
+        await ctx.llm.complete(MSG)
+        ctx.state.n += 1
+
+    rt.agent(ChatMessageReceivedV2, name=name, state=Counter, on_dead_letter="park" if park else "continue")(
+        answer
+    )
+    table, pub = Entities(), MemoryPublisher()
+    d = Dispatcher(rt.agents[name], llm.settings, StateStore(table, Counter), pub, {"llm": llm})
+    return d, table, pub
+
+
+async def test_park_action_dead_letters_with_reason_budget_and_parks_the_subject(
+    server: tuple[FakeLLM, str],
+) -> None:
+    fake, base = server
+    llm = client(base, llm_entity_tokens_per_window=RESERVE + USED - 1, llm_budget_action="park")
+    d, table, pub = budget_dispatcher(llm, park=True)
+    assert await d.handle(dispatcher_record("c1", id="e1", offset=0)) == "ok"
+    assert await d.handle(dispatcher_record("c1", id="e2", offset=1)) == "dlq"
+    dead = next(r for t, r in pub.sent if "dlq" in t)
+    assert dict(dead.headers)["vigil_reason"] == b"budget" and dict(dead.headers)["vigil_attempts"] == b"1"
+    assert await d.handle(dispatcher_record("c1", id="e3", offset=2)) == "parked"
+    assert await d.handle(dispatcher_record("c2", id="f1", offset=3)) == "ok"  # another entity flows
+    assert fake.stats["received"] == 2
+    assert table["c1"]["state"] == {"n": 1}
+    assert metric("vigil_llm_cost_per_event_usd_count", agent=d.spec.name) == 2  # e1, f1: they called
+
+
+async def test_wait_action_holds_only_that_subject_until_its_window_ends(server: tuple[FakeLLM, str]) -> None:
+    fake, base = server
+    window = 2.0
+    llm = client(base, llm_entity_tokens_per_window=RESERVE + USED - 1, llm_budget_window=window)
+    d, table, _ = budget_dispatcher(llm, park=False)
+    # start early in a window, so e1 and e2 share it and e2 waits about a second for the next
+    await asyncio.sleep(window - time.time() % window + 0.05)
+    assert await d.handle(dispatcher_record("c1", id="e1", offset=0)) == "ok"
+    boundary = (time.time() // window + 1) * window
+    waiting = asyncio.create_task(d.handle(dispatcher_record("c1", id="e2", offset=1)))
+    assert await d.handle(dispatcher_record("c2", id="f1", offset=2)) == "ok"
+    assert not waiting.done() and fake.stats["received"] == 2
+    assert await asyncio.wait_for(waiting, timeout=10) == "ok"  # the next window's budget
+    assert time.time() >= boundary and fake.stats["received"] == 3
+    assert table["c1"]["state"] == {"n": 2}
