@@ -223,6 +223,25 @@ async def test_tool_calls_run_as_journaled_steps_with_scripted_results() -> None
         assert second.messages[-1] == tool_result
 
 
+async def test_a_scripted_tool_can_fail_or_compute_its_result() -> None:
+    from agents.tools import run_tools
+
+    async def shop(event: Envelope[ChatMessageReceivedV2], ctx: Context[Count]) -> None:
+        run = await run_tools(ctx, [{"role": "user", "content": event.data.text}], [lookup_order])
+        ctx.state.last = run.text
+
+    llm = ScriptedLLM(
+        [tool_call("lookup_order", order_id=1), "Sorry.", tool_call("lookup_order", order_id=2), "Ok."]
+    )
+    async with harness(shop, llm=llm) as h:
+        with scripted_tool(lookup_order, RuntimeError("shop down")):
+            assert (await h.send(message(), subject="c1")).outcome == "ok"
+        assert llm.requests[1].messages[-1]["content"] == "RuntimeError: shop down"  # the model reads it
+        with scripted_tool(lookup_order, lambda order_id: {"order": order_id * 10}) as orders:
+            assert (await h.send(message(), subject="c1")).outcome == "ok"
+        assert orders.calls == [{"order_id": 2}] and llm.requests[3].messages[-1]["content"] == '{"order":20}'
+
+
 async def test_scripted_replies_carry_tool_calls_and_token_counts() -> None:
     seen: list[Any] = []
 
