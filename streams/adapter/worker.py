@@ -241,8 +241,9 @@ async def sweep_ids(
     agent: str, topic: str, table: FaustTable, dispatcher: Dispatcher, settings: Settings
 ) -> None:
     """Deletes handled-id index entries older than ``VIGIL_DEDUP_RETENTION`` in the partitions
-    this worker holds, through the agent's effects (so in exactly_once mode the tombstones are
-    part of the partition's transaction)."""
+    this worker holds, and journal entries recorded before it that no completed event deleted
+    (``streams.core.state.expired_ids``), through the agent's effects (so in exactly_once mode
+    the tombstones are part of the partition's transaction)."""
     interval = min(settings.dedup_retention / 4, 600.0)
     while True:
         await asyncio.sleep(interval)
@@ -266,7 +267,7 @@ async def sweep_ids(
                 log.debug("agent %s: sweep of partition %d skipped: %r", agent, partition, exc)
                 continue
             log.info(
-                "agent %s: forgot %d handled ids older than %.0fs in partition %d",
+                "agent %s: forgot %d handled ids and journal entries older than %.0fs in partition %d",
                 agent,
                 len(keys),
                 settings.dedup_retention,
