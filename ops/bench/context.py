@@ -89,7 +89,10 @@ class Bench:
         self.children.append(child)
         return child
 
-    def start_worker(self, name: str, prefix: str, data_dir: Path, **extra_env: str) -> Child:
+    def start_worker(
+        self, name: str, prefix: str, data_dir: Path, *, agent: str = "bench", **extra_env: str
+    ) -> Child:
+        """A Vigil worker running ``agent`` of ``ops.bench.agents``."""
         env = procs.base_env()
         env.update(
             VIGIL_KAFKA_BOOTSTRAP=self.bootstrap,
@@ -102,7 +105,7 @@ class Bench:
             VIGIL_LOG_LEVEL="warning",
         )
         env.update(extra_env)
-        return self.spawn(name, [*VIGIL, "worker", "--agents", "bench", "-m", "ops.bench.agents"], env)
+        return self.spawn(name, [*VIGIL, "worker", "--agents", agent, "-m", "ops.bench.agents"], env)
 
     def stop_all(self) -> None:
         for child in self.children:

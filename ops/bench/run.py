@@ -10,6 +10,7 @@ reference measured in the same run, on the same broker, topics (6 partitions) an
 | P3 | event age p99 at half of P1's rate | raw produce->consume p99 | <= 2 |
 | P4 | recovery after deleting the data dir, state checked | raw changelog read | >= 0.7 |
 | P5 | RSS with 1,000,000 states | RSS with 100,000 | <= 1.5 |
+| P7 | framework time per journaled step (no LLM, no tool), p50 / p99 | 5 ms / 15 ms (Restate ~17 ms beside) | <= 1 |
 | P8 | exactly_once throughput | P1 (at_least_once) | >= 0.7 |
 | P9 | process start to first event, tables present, median | 2 s (Quix's start beside it) | <= 1 |
 | P1q | P1 | a Quix Streams app doing the same work | report |
@@ -18,9 +19,9 @@ reference measured in the same run, on the same broker, topics (6 partitions) an
 | vi_llm | CPU per call of Vigil's LLM client | litellm, Router, raw aiohttp | (extra) |
 
 Phases live in their own modules: ``pipeline`` (P1, P1c, P1h, P3, P2), ``peers`` (the P1
-references, P1q, the ceiling), ``guarantee`` (P8), ``state`` (P4, P9, P5), ``llm`` (vi_llm);
-``report`` gives every entry its shape. Rates come from the output topics' timestamps, never
-from logs. Progress goes to stderr, the JSON to stdout; exit 1 if per-key order broke or a
+references, P1q, the ceiling), ``guarantee`` (P8), ``state`` (P4, P9, P5), ``journal`` (P7),
+``llm`` (vi_llm); ``report`` gives every entry its shape. Rates come from the output topics'
+timestamps, never from logs. Progress goes to stderr, the JSON to stdout; exit 1 if per-key order broke or a
 recovered state was wrong, 2 if the bench could not run.
 """
 
@@ -42,7 +43,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: python ops/bench/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from ops.bench import gateway, guarantee, llm, peers, pipeline, report
+from ops.bench import gateway, guarantee, journal, llm, peers, pipeline, report
 from ops.bench.context import Bench, Sizes, say
 from ops.bench.records import BenchError
 from ops.bench.report import AT_LEAST
@@ -76,7 +77,7 @@ SMALL = Sizes(
     llm_calls=20,
     peers=False,
 )
-PARTS = ["pipeline", "state", "gateway", "llm"]
+PARTS = ["pipeline", "state", "journal", "gateway", "llm"]
 
 
 def throughput_figures(p1: float, refs: peers.References, sizes: Sizes) -> dict[str, Any]:
@@ -154,6 +155,8 @@ async def run_all(bench: Bench, parts: Sequence[str], keep_topics: bool) -> dict
                     refs.quix_first_output_s,
                 )
                 result.update(await phase.measure())
+        if "journal" in parts:
+            result["P7"] = await journal.measure(bench)
         if "gateway" in parts:
             result["G1"] = await gateway_figure(bench)
         if "llm" in parts:
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         choices=PARTS,
         help="run only these parts (pipeline: P1 P1h P1c P1q P2 P3 P8 ceiling; state: the same plus P4 P5 P9, "
-        "which need P1's changelog; llm: vi_llm); repeatable",
+        "which need P1's changelog; journal: P7; llm: vi_llm); repeatable",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs) and the bench's topics")
     args = parser.parse_args(argv)

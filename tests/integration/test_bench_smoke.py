@@ -18,7 +18,7 @@ from tests.support import REPO
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-FIGURES = ["P1", "P1h", "P1c", "P2", "P3", "P4", "P5", "P8", "P9", "P1q", "ceiling", "G1"]
+FIGURES = ["P1", "P1h", "P1c", "P2", "P3", "P4", "P5", "P7", "P8", "P9", "P1q", "ceiling", "G1"]
 #: small mode skips the Quix venv (P1q, ceiling) and the 1,000,000-state table (P5)
 SKIPPED_IN_SMALL = {"P1q", "ceiling", "P5"}
 REFERENCES = {
@@ -28,6 +28,7 @@ REFERENCES = {
     "P2": {"bound"},
     "P3": {"raw_aiokafka_p99"},
     "P4": {"raw_changelog_read"},
+    "P7": {"goal_p50_ms", "restate_step_ms"},
     "P8": {"at_least_once"},
     "P9": {"goal_s"},
     "G1": {"bare_handler"},
@@ -85,6 +86,8 @@ def test_bench_small_mode_prints_every_figure(kafka_bootstrap: str) -> None:
         assert isinstance(figure["met"], bool), f"{key}.met = {figure['met']!r}"
     assert report["P2"]["details"]["order_ok"] is True
     assert report["P4"]["details"]["state_ok"] is True
+    p7 = report["P7"]["details"]
+    assert p7["steps"] == p7["events"] * 10 and 0 < p7["p50_ms"] <= p7["p99_ms"], p7
     for phase in ("imports", "group_join", "recovery", "first_event"):
         assert positive(report["P9"]["details"]["marks_median_s"].get(phase)), report["P9"]["details"]
     for key in LLM:
