@@ -414,7 +414,8 @@ async def _call(
     if ctx.journal is None:  # a context built by hand: nothing to record into
         recorded = await run()
     else:
-        recorded = await ctx.step(f"tool:{call_id}", run, result_type=_Recorded)
+        # the journal itself, not ctx.step: the record carries its emits in its own shape
+        recorded = await ctx.journal.step(f"tool:{call_id}", run, result_type=_Recorded)
     if not ran:  # replayed: what the tool emitted the first time is emitted again, in order
         for e in recorded.emitted:
             await ctx.emit(registry.validate(e["type"], e["data"]), subject=e["subject"])

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
+import inspect
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, TypeVar
 
-from schemas import Envelope, Payload, utcnow
+from pydantic_core import to_jsonable_python
+
+from schemas import Envelope, Payload, registry, utcnow
 from streams.core.errors import ConfigError
 from streams.core.journal import Journal
+from streams.core.journal import adapter as journal_adapter
 
 S = TypeVar("S")
 T = TypeVar("T")
+
+#: marks a recorded step result that carries the events its step emitted
+_EMITTING_STEP = "$vigil_step"
 
 #: namespace of derived event ids: uuid5(NS, agent / input id / n) is stable across replays
 DERIVED_ID_NAMESPACE = uuid.UUID("6c1d3f0e-8a4e-4d8b-9f57-5b0a2f7d9c11")
@@ -93,11 +100,39 @@ class Context(Generic[S]):
         its result is recorded durably (with the entity's state, in its changelog) before this
         returns, and a retry, a redelivery after a crash or a rebalance gets the recorded result
         back without running ``fn`` again. The result comes back as its JSON decodes (or
-        validated as ``result_type``), on the first run as on a replay. Give each step of a
-        handler its own name; a name used again in one run becomes ``name#2``, ``name#3``."""
+        validated as ``result_type``), on the first run as on a replay. Events ``fn`` emits
+        through this context are recorded with its result and emitted again on a replay (same
+        ids). Give each step of a handler its own name; a name used again in one run becomes
+        ``name#2``, ``name#3``."""
         if self.journal is None:
             raise ConfigError("this context has no journal (it was not built by the dispatcher)")
-        return await self.journal.step(name, fn, *args, result_type=result_type, **kwargs)
+        before = len(self.pending)
+        ran = False
+
+        async def run() -> Any:
+            nonlocal ran
+            ran = True
+            value = fn(*args, **kwargs)
+            if inspect.isawaitable(value):
+                value = await value
+            if len(self.pending) == before:
+                return value
+            emitted = [
+                {"type": e.type, "subject": e.subject, "data": e.data.model_dump(mode="json")}
+                for e in self.pending[before:]
+            ]
+            return {_EMITTING_STEP: 1, "result": to_jsonable_python(value), "emits": emitted}
+
+        recorded: Any = await self.journal.step(name, run)
+        if isinstance(recorded, dict) and recorded.get(_EMITTING_STEP) == 1:
+            if not ran:  # replayed: what the step emitted the first time is emitted again, in order
+                for e in recorded["emits"]:
+                    await self.emit(registry.validate(e["type"], e["data"]), subject=e["subject"])
+            recorded = recorded["result"]
+        if result_type is None:
+            return recorded  # type: ignore[no-any-return]  # the JSON value, as documented
+        result: T = journal_adapter(result_type).validate_python(recorded)
+        return result
 
     async def emit(self, payload: Payload, *, subject: str | None = None) -> Envelope[Payload]:
         if not any(isinstance(payload, allowed) for allowed in self._allowed):

@@ -126,12 +126,12 @@ class Journal:
         same on the first run and on a replay. An exception is not recorded: the step runs
         again on the next attempt."""
         step = self.unique(name)
-        adapter = _adapter(result_type) if result_type is not None else None
+        typed = adapter(result_type) if result_type is not None else None
         raw = self.recorded(step)
         if raw is not None:
             self.outcomes[step] = "replayed"
             metrics.JOURNAL_STEPS.labels(self.agent, "replayed").inc()
-            replayed: T = _decode(raw, adapter)
+            replayed: T = _decode(raw, typed)
             return replayed
         value = fn(*args, **kwargs)
         if inspect.isawaitable(value):
@@ -143,7 +143,7 @@ class Journal:
         await self.record(step, encoded)
         self.outcomes[step] = "ran"
         metrics.JOURNAL_STEPS.labels(self.agent, "ran").inc()
-        result: T = _decode(encoded, adapter)
+        result: T = _decode(encoded, typed)
         return result
 
     # -- meta ---------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ class Journal:
 _ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
 
 
-def _adapter(result_type: Any) -> TypeAdapter[Any]:
+def adapter(result_type: Any) -> TypeAdapter[Any]:
     try:
         adapter = _ADAPTERS.get(result_type)
     except TypeError:  # an unhashable type expression: built each time
@@ -199,5 +199,5 @@ def _adapter(result_type: Any) -> TypeAdapter[Any]:
     return adapter
 
 
-def _decode(raw: bytes, adapter: TypeAdapter[Any] | None) -> Any:
-    return adapter.validate_json(raw) if adapter is not None else json.loads(raw)
+def _decode(raw: bytes, typed: TypeAdapter[Any] | None) -> Any:
+    return typed.validate_json(raw) if typed is not None else json.loads(raw)
