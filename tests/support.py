@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from streams import kafka
+from streams.core.groups import agent_group
 from streams.core.records import ConsumedRecord
 from streams.core.settings import Settings
 
@@ -216,16 +217,28 @@ class Cluster:
             p.stop()
 
 
-def committed_offsets(settings: Settings, topic: str) -> dict[int, int]:
-    """The group's committed offset per partition of ``topic``, read back through the admin
-    client (what a restarted worker resumes from); partitions never committed are absent."""
+def committed_offsets(settings: Settings, topic: str, agent: str | None = None) -> dict[int, int]:
+    """The committed offset per partition of ``topic`` of ``agent``'s group, read back through
+    the admin client (what a restarted worker resumes from); partitions never committed are
+    absent. Without ``agent``: the lowest over the agents' groups (``<app id>.<agent>``) that
+    committed on ``topic``."""
 
     async def go() -> dict[int, int]:
         async with kafka.admin(settings) as client:
-            got = await client.list_consumer_group_offsets(settings.group_id)
-        return {
-            tp.partition: meta.offset for tp, meta in got.items() if tp.topic == topic and meta.offset >= 0
-        }
+            if agent is not None:
+                groups = [agent_group(settings, agent)]
+            else:
+                prefix = f"{settings.group_id}."
+                groups = sorted(
+                    str(g[0]) for g in await client.list_consumer_groups() if str(g[0]).startswith(prefix)
+                )
+            found: dict[int, int] = {}
+            for group in groups:
+                got = await client.list_consumer_group_offsets(group)
+                for tp, meta in got.items():
+                    if tp.topic == topic and meta.offset >= 0:
+                        found[tp.partition] = min(meta.offset, found.get(tp.partition, meta.offset))
+        return found
 
     return asyncio.run(go())
 

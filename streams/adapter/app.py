@@ -47,6 +47,12 @@ class VigilApp(faust.App):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        #: the consumer group this app joins (its agent's own); None: the app id (Faust's)
+        self.vigil_group_id: str | None = None
+        #: the apps of one worker process (one per agent, sharing the table directory), self included
+        self.vigil_peers: list[VigilApp] = [self]
+        #: set when the consumer stopped: whether its transactions were all committed
+        self.vigil_stopped_clean: bool | None = None
         self.drainables: list[Drainable] = []
         #: source topics the liveness guard watches (``streams.adapter.recovery.WatchedSource``)
         self.watched_sources: list[Any] = []
@@ -97,11 +103,11 @@ class VigilApp(faust.App):
 
     async def _stop_consumer(self) -> None:
         await super()._stop_consumer()  # drains, commits, closes the tables
-        if (
-            self.in_transaction
-            and self._consumer is not None
-            and self.vigil_consumer.vigil_transactions.clean
-        ):
+        if not self.in_transaction:
+            return
+        self.vigil_stopped_clean = self._consumer is not None and self.vigil_consumer.vigil_transactions.clean
+        # The apps of a worker share the table directory: it is clean once every one stopped clean.
+        if all(peer.vigil_stopped_clean for peer in self.vigil_peers):
             mark_clean_stop(self.conf.tabledir)
 
 
@@ -116,7 +122,10 @@ def settled(app: Any) -> bool:
     )
 
 
-def create_app(settings: Settings) -> VigilApp:
+def create_app(settings: Settings, *, group: str | None = None, web: bool = True) -> VigilApp:
+    """One agent's app: ``group`` is its consumer group (``streams.core.groups``); the app id,
+    hence the changelog topic names, stays ``settings.group_id``. ``web``: Faust's web server
+    (``VIGIL_WEB_PORT``), on one app of a worker only."""
     brokers = [
         f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",") if server.strip()
     ]
@@ -142,7 +151,7 @@ def create_app(settings: Settings) -> VigilApp:
         producer_max_batch_size=512 * 1024,
         key_serializer="raw",
         value_serializer="raw",
-        web_enabled=settings.web_port > 0,
+        web_enabled=web and settings.web_port > 0,
         web_port=settings.web_port or 6066,
         web_bind="127.0.0.1",
         web_host="127.0.0.1",
@@ -151,6 +160,7 @@ def create_app(settings: Settings) -> VigilApp:
         # Faust's unbounded wait would outlive the rebalance timeout with slow handlers.
         stream_wait_empty=False,
     )
+    app.vigil_group_id = group
     app.drain_timeout = settings.drain_timeout
     app.vigil_fail_commits = settings.fail_commits
     app.vigil_fail_resumes = settings.fail_resumes

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import cast
+from typing import Any, cast
 
 import aiokafka
 from aiokafka.errors import CommitFailedError, KafkaError
@@ -21,6 +21,16 @@ log = logging.getLogger(__name__)
 
 
 class VigilConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
+        """Faust joins the group named by the app id; a Vigil app joins its agent's own group
+        (``VigilApp.vigil_group_id``, ``streams.core.groups``) and keeps the app id for its
+        changelog topics."""
+        consumer = super()._create_worker_consumer(transport)
+        group = getattr(self.app, "vigil_group_id", None)
+        if group:
+            consumer._group_id = group  # noqa: SLF001 - read by start() to build the coordinator
+        return consumer
+
     async def _commit(self, offsets: Mapping[TP, int]) -> bool:
         consumer = self._ensure_consumer()
         assignment = self.assignment()

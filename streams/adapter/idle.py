@@ -16,7 +16,7 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from faust.types import TP
@@ -39,9 +39,12 @@ class IdleExit(Service):
         quiet_for: float,
         interval: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        more: Sequence[Any] = (),
         **kwargs: Any,
     ) -> None:
         self.app = app
+        #: every app of the worker (one per agent): the worker is idle once all of them are
+        self.apps = (app, *more)
         self.worker = worker
         self.detector = IdleDetector(quiet_for)
         self.interval = interval if interval is not None else min(1.0, quiet_for / 4)
@@ -68,7 +71,8 @@ class IdleExit(Service):
             # The fetcher's highwaters may be stale (a held topic is not fetched): ask the broker.
             decision = await self._decide(now, ask_broker=True)
         if decision == "commit":
-            await self.app.vigil_consumer.commit()
+            for app in self.apps:
+                await app.vigil_consumer.commit()
             decision = await self._decide(now, ask_broker=True)
         self.decision = decision
         if decision != "idle" or self.exiting:
@@ -85,17 +89,24 @@ class IdleExit(Service):
         self.worker._schedule_shutdown(signal.SIGTERM)  # noqa: SLF001 - the first SIGTERM's graceful stop
 
     async def _decide(self, now: float, *, ask_broker: bool) -> Decision:
-        views = await self.views(ask_broker=ask_broker) if settled(self.app) else None
+        ready = all(settled(app) for app in self.apps)
+        views = await self.views(ask_broker=ask_broker) if ready else None
         return self.detector.check(views, now)
 
     async def views(self, *, ask_broker: bool = False) -> list[PartitionIdleView]:
         """A view of every assigned source partition (none with an empty assignment). The
         highwaters are those of the fetcher's last responses, or with ``ask_broker`` the
         broker's end offsets (a round trip on the consumer thread, up to a fetch wait)."""
-        consumer = self.app.vigil_consumer
+        out: list[PartitionIdleView] = []
+        for app in self.apps:
+            out.extend(await self._app_views(app, ask_broker=ask_broker))
+        return out
+
+    async def _app_views(self, app: Any, *, ask_broker: bool) -> list[PartitionIdleView]:
+        consumer = app.vigil_consumer
         assigned = consumer.assignment()
         out: list[PartitionIdleView] = []
-        for source in self.app.watched_sources:
+        for source in app.watched_sources:
             tps = sorted(tp for tp in assigned if tp.topic == source.topic)
             if not tps:
                 continue
@@ -136,8 +147,9 @@ class IdleExit(Service):
         return int(position) if position is not None else None
 
 
-def install(app: Any, worker: Any, quiet_for: float) -> IdleExit:
-    """Attach the idle exit to ``app`` (before ``worker`` starts it)."""
-    service = IdleExit(app, worker, quiet_for=quiet_for, beacon=app.beacon)
+def install(app: Any, worker: Any, quiet_for: float, more: Sequence[Any] = ()) -> IdleExit:
+    """Attach the idle exit to ``app`` (before ``worker`` starts it); ``more``: the worker's
+    other apps (one per agent), which must be idle too."""
+    service = IdleExit(app, worker, quiet_for=quiet_for, more=more, beacon=app.beacon)
     app.add_dependency(service)
     return service

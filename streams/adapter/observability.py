@@ -24,6 +24,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from streams.core import topics
 from streams.core.agent import AgentSpec
+from streams.core.groups import agent_group
 from streams.core.settings import Settings
 from streams.observability import metrics
 from streams.observability.lag import LagMonitor
@@ -34,16 +35,29 @@ log = logging.getLogger(__name__)
 class Readiness:
     """Faust's own rebalance and recovery flags, read at each probe (no state of our own to
     drift): ``app.rebalancing`` is set when partitions are revoked and cleared when recovery
-    ends; ``tables.recovery.completed`` is first set when the first assignment is recovered."""
+    ends; ``tables.recovery.completed`` is first set when the first assignment is recovered.
+    A worker runs one app per agent (its consumer group): it is ready when every app is."""
 
-    def __init__(self, app: faust.App) -> None:
+    def __init__(self, app: faust.App, *more: faust.App) -> None:
         self.app = app
+        self.apps = (app, *more)
         #: more reasons not to be ready once running (the liveness guard's stalled partitions)
         self.checks: list[Callable[[], str | None]] = []
 
     def reason(self) -> str | None:
         """Why the worker is not ready, or None when it is."""
-        app = self.app
+        for app in self.apps:
+            reason = self._app_reason(app)
+            if reason is not None:
+                return reason if len(self.apps) == 1 else f"{app_label(app)}: {reason}"
+        for check in self.checks:
+            reason = check()
+            if reason is not None:
+                return reason
+        return None
+
+    @staticmethod
+    def _app_reason(app: faust.App) -> str | None:
         if app.should_stop:
             return "stopping"
         if app.rebalancing:
@@ -52,10 +66,6 @@ class Readiness:
             return "waiting for the first partition assignment"
         if app.in_recovery:
             return "recovering tables"
-        for check in self.checks:
-            reason = check()
-            if reason is not None:
-                return reason
         return None
 
     @property
@@ -66,12 +76,19 @@ class Readiness:
 class Observability(Service):
     """The HTTP endpoint (if ``port`` > 0) and the lag monitor of one worker."""
 
-    def __init__(self, app: faust.App, port: int, lag: LagMonitor, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        app: faust.App,
+        port: int,
+        lag: LagMonitor,
+        host: str = "127.0.0.1",
+        more: Sequence[faust.App] = (),
+    ) -> None:
         self.app = app
         self.port = port
         self.host = host
         self.lag = lag
-        self.readiness = Readiness(app)
+        self.readiness = Readiness(app, *more)
         self._runner: web.AppRunner | None = None
         super().__init__(beacon=app.beacon)
 
@@ -113,12 +130,33 @@ class Observability(Service):
         return web.Response(status=503, text=f"not ready: {reason}\n")
 
 
+def app_label(app: faust.App) -> str:
+    """The consumer group an app joins (its agent's), for messages."""
+    return str(getattr(app, "vigil_group_id", None) or app.conf.id)
+
+
 def lag_monitor(settings: Settings, specs: Sequence[AgentSpec]) -> LagMonitor:
-    """Own group on the agents' source topics; downstream groups on the topics they emit to."""
-    sources = {settings.topic(spec.topic) for spec in specs}
+    """Each agent's own group on its source topics; downstream groups on the topics they emit to."""
+    own = {agent_group(settings, spec.name): {settings.topic(t) for t in spec.topics} for spec in specs}
+    sources = {t for names in own.values() for t in names}
     emitted = {settings.topic(topics.for_type(m.event_type).name) for spec in specs for m in spec.emits}
     return LagMonitor(
-        settings.kafka_bootstrap, settings.group_id, sources, emitted, interval=settings.lag_interval
+        settings.kafka_bootstrap,
+        settings.group_id,
+        sources,
+        emitted,
+        interval=settings.lag_interval,
+        groups=own,
+    )
+
+
+def build(
+    app: faust.App, settings: Settings, specs: Sequence[AgentSpec], more: Sequence[faust.App] = ()
+) -> Observability:
+    """The endpoint and the lag monitor of a worker whose apps are ``app`` and ``more`` (one per
+    agent); the caller starts it before the apps (``streams.adapter.worker``)."""
+    return Observability(
+        app, settings.metrics_port, lag_monitor(settings, specs), host=settings.metrics_host, more=more
     )
 
 
@@ -126,8 +164,6 @@ def install(app: faust.App, settings: Settings, specs: Sequence[AgentSpec]) -> O
     """Attach the endpoint and the lag monitor to ``app`` (before the worker starts it).
     Read lag through the returned service: ``service.lag.lag(group, topic)`` and
     ``service.lag.downstream_lag(topic)``."""
-    service = Observability(
-        app, settings.metrics_port, lag_monitor(settings, specs), host=settings.metrics_host
-    )
+    service = build(app, settings, specs)
     app.add_dependency(service)
     return service

@@ -8,8 +8,9 @@ finished above that offset are committed too; after a crash they are redelivered
 handled ids, committed in the same transaction as their outputs, make them no-ops. A
 ``read_committed`` reader therefore sees every output exactly once.
 
-The transactional id is ``<group>-<topic>-<partition>``: the next owner of a partition fences
-the previous one (a zombie after SIGKILL or a lost session) and aborts its open transaction.
+The transactional id is ``<group>-<topic>-<partition>``, the group being the agent's own
+(``streams.core.groups``): the next owner of a partition fences the previous one (a zombie after
+SIGKILL or a lost session) and aborts its open transaction.
 
 Faust's own ``TransactionManager`` is replaced because, in faust-streaming 0.15.3, it (a)
 picks the transaction of a send from the *output* topic's partition for the key, so emits keyed
@@ -46,6 +47,11 @@ from faust.types import TP
 log = logging.getLogger(__name__)
 
 EXIT_TRANSACTION_FAILED = 70
+
+
+def group_of(app: Any) -> str:
+    """The consumer group of ``app``: its agent's own (``VigilApp.vigil_group_id``), else the app id."""
+    return str(getattr(app, "vigil_group_id", None) or app.conf.id)
 
 
 def fatal(message: str, exc: BaseException | None = None) -> None:
@@ -105,7 +111,7 @@ class VigilTransactions(TransactionManager):
         return {d.tracker.topic for d in getattr(self.app, "drainables", ())}
 
     def transactional_id(self, tp: TP) -> str:
-        return f"{self.app.conf.id}-{tp.topic}-{tp.partition}"
+        return f"{group_of(self.app)}-{tp.topic}-{tp.partition}"
 
     async def on_partitions_revoked(self, revoked: Set[TP]) -> None:
         """The app drained and committed before this; nothing is left to flush."""
@@ -174,7 +180,7 @@ class VigilTransactions(TransactionManager):
         return {tp for tp, txn in self._txns.items() if txn.dirty or txn.broken}
 
     async def commit(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
-        group = self.app.conf.id
+        group = group_of(self.app)
         for tp in sorted(set(offsets) | self.dirty_partitions()):
             txn = self._txns.get(tp)
             if txn is None:

@@ -19,7 +19,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import faust
@@ -38,6 +38,7 @@ from streams.core.backpressure import PAUSE_REASONS, AgentGates, Gate, GateProvi
 from streams.core.codec import EncodedRecord
 from streams.core.dispatcher import Dispatcher
 from streams.core.errors import ConfigError
+from streams.core.groups import agent_group
 from streams.core.offsets import OffsetTracker
 from streams.core.records import ConsumedRecord
 from streams.core.scheduler import KeyOrderedScheduler
@@ -111,9 +112,12 @@ def store_options(settings: Settings) -> dict[str, Any]:
 def bind_agent(
     app: VigilApp, spec: AgentSpec, settings: Settings, resources: Mapping[str, Any]
 ) -> Dispatcher:
-    topic_name = settings.topic(spec.topic)
+    """Binds one agent to ``app`` (its own app: one consumer group per agent). Every topic of
+    ``spec.topics`` is subscribed; each has its own scheduler and offset tracker, all sharing
+    the dispatcher (which keeps one subject at a time across the topics)."""
+    topic_names = [settings.topic(name) for name in spec.topics]
     source = app.topic(
-        topic_name,
+        *topic_names,
         partitions=settings.partitions,
         key_serializer="raw",
         value_serializer="raw",
@@ -147,24 +151,16 @@ def bind_agent(
         effects = TransactionalEffects(lambda: app.vigil_consumer.vigil_transactions, table, marks_table)
     marks = dlq_dedup.DeadLetterMarks(marks_table)
     dispatcher = Dispatcher(spec, settings, store, FaustPublisher(app), resources, effects, marks)
-
-    def hold() -> None:
-        log.info("agent %s: %d records buffered, pausing %s", spec.name, scheduler.buffered, topic_name)
-        app.vigil_consumer.hold(topic_name, "in_flight")
-
-    def release() -> None:
-        log.info("agent %s: buffer drained to %d, resuming %s", spec.name, scheduler.buffered, topic_name)
-        app.vigil_consumer.release(topic_name, "in_flight")
-
     gates = AgentGates(gates_for(app, spec, settings, resources))
 
     def on_gates(blocking: set[str], cleared: set[str]) -> None:
-        for reason in sorted(blocking):
-            log.warning("agent %s: %s, pausing %s", spec.name, reason, topic_name)
-            app.vigil_consumer.hold(topic_name, reason)
-        for reason in sorted(cleared):
-            log.info("agent %s: %s cleared, resuming %s", spec.name, reason, topic_name)
-            app.vigil_consumer.release(topic_name, reason)
+        for topic_name in topic_names:
+            for reason in sorted(blocking):
+                log.warning("agent %s: %s, pausing %s", spec.name, reason, topic_name)
+                app.vigil_consumer.hold(topic_name, reason)
+            for reason in sorted(cleared):
+                log.info("agent %s: %s cleared, resuming %s", spec.name, reason, topic_name)
+                app.vigil_consumer.release(topic_name, reason)
 
     event_age = metrics.EVENT_AGE_SECONDS.labels(spec.name)
     started = False
@@ -180,6 +176,63 @@ def bind_agent(
             started = True
             startup.mark(startup.FIRST_EVENT)
 
+    intakes = {name: bind_topic(app, spec, settings, name, process, gates) for name in topic_names}
+    schedulers = [scheduler for scheduler, _ in intakes.values()]
+    metrics.IN_FLIGHT.labels(spec.name).set_function(lambda: sum(s.buffered for s in schedulers))
+    export_backpressure(app, spec.name, topic_names)
+
+    async def consume(stream: StreamT[Any]) -> None:
+        """The Faust agent only subscribes the topics (their partitions, recovery, pauses);
+        records arrive through the intakes."""
+        stream.enable_acks = False
+        for scheduler in schedulers:
+            scheduler.start()
+        watching = asyncio.ensure_future(gates.watch(on_gates)) if gates.gates else None
+        sweeping = asyncio.ensure_future(sweep_ids(spec.name, topic_names[0], table, dispatcher, settings))
+        for name, (_, intake) in intakes.items():
+            app.direct_intakes.setdefault(name, []).append(intake)
+        failed = [asyncio.ensure_future(s.wait_failed()) for s in schedulers]
+        try:
+            done, _ = await asyncio.wait(failed, return_when=asyncio.FIRST_COMPLETED)
+            raise next(iter(done)).result()  # a bug, not a bad record: crash, nothing is committed past it
+        finally:
+            for waiting in failed:
+                waiting.cancel()
+            for name, (_, intake) in intakes.items():
+                app.direct_intakes[name].remove(intake)
+            sweeping.cancel()
+            if watching is not None:
+                watching.cancel()
+            for scheduler in schedulers:
+                await scheduler.stop()
+
+    consume.__name__ = consume.__qualname__ = f"vigil_{spec.name}"
+    app.agent(source, name=f"vigil.{spec.name}")(consume)
+    return dispatcher
+
+
+Intake = Callable[[TP, Sequence[Any]], None]
+
+
+def bind_topic(
+    app: VigilApp,
+    spec: AgentSpec,
+    settings: Settings,
+    topic_name: str,
+    process: Callable[[list[ConsumedRecord]], Awaitable[None]],
+    gates: AgentGates,
+) -> tuple[KeyOrderedScheduler[ConsumedRecord], Intake]:
+    """One source topic of an agent: its scheduler (offsets, in-flight hold) and the intake the
+    consumer hands its fetched records to."""
+
+    def hold() -> None:
+        log.info("agent %s: %d records buffered, pausing %s", spec.name, scheduler.buffered, topic_name)
+        app.vigil_consumer.hold(topic_name, "in_flight")
+
+    def release() -> None:
+        log.info("agent %s: buffer drained to %d, resuming %s", spec.name, scheduler.buffered, topic_name)
+        app.vigil_consumer.release(topic_name, "in_flight")
+
     scheduler: KeyOrderedScheduler[ConsumedRecord] = KeyOrderedScheduler(
         process,
         OffsetTracker(topic_name),
@@ -192,11 +245,10 @@ def bind_agent(
     )
     app.add_drainable(scheduler)
     app.watched_sources.append(recovery.WatchedSource(spec.name, topic_name, scheduler, gates))
-    export_backpressure(app, spec.name, topic_name, scheduler)
     consumed = metrics.CONSUMED.labels(spec.name, topic_name)
 
     def intake(tp: TP, fetched: Sequence[Any]) -> None:
-        """Records fetched for this agent's topic, straight from the consumer's fetch
+        """Records fetched for this topic, straight from the consumer's fetch
         (``VigilConsumer._getmany``): Faust's per-record stream path is not used."""
         submit = scheduler.submit
         taken = 0
@@ -209,28 +261,7 @@ def bind_agent(
         if taken:
             consumed.inc(taken)
 
-    async def consume(stream: StreamT[Any]) -> None:
-        """The Faust agent only subscribes the topic (its partitions, recovery, pauses);
-        records arrive through ``intake``."""
-        stream.enable_acks = False
-        scheduler.start()
-        watching = asyncio.ensure_future(gates.watch(on_gates)) if gates.gates else None
-        sweeping = asyncio.ensure_future(sweep_ids(spec.name, topic_name, table, dispatcher, settings))
-        app.direct_intakes.setdefault(topic_name, []).append(intake)
-        try:
-            raise await (
-                scheduler.wait_failed()
-            )  # a bug, not a bad record: crash, nothing is committed past it
-        finally:
-            app.direct_intakes[topic_name].remove(intake)
-            sweeping.cancel()
-            if watching is not None:
-                watching.cancel()
-            await scheduler.stop()
-
-    consume.__name__ = consume.__qualname__ = f"vigil_{spec.name}"
-    app.agent(source, name=f"vigil.{spec.name}")(consume)
-    return dispatcher
+    return scheduler, intake
 
 
 #: index entries deleted per partition and sweep: bounds one sweep's work
@@ -297,16 +328,18 @@ def gates_for(app: VigilApp, spec: AgentSpec, settings: Settings, resources: Map
     return gates
 
 
-def export_backpressure(app: VigilApp, agent: str, topic: str, scheduler: KeyOrderedScheduler[Any]) -> None:
-    """In-flight records and paused partitions per reason, read when Prometheus scrapes."""
-    metrics.IN_FLIGHT.labels(agent).set_function(lambda: scheduler.buffered)
+def export_backpressure(app: VigilApp, agent: str, topics: Sequence[str]) -> None:
+    """Paused partitions of the agent's topics per reason, read when Prometheus scrapes."""
 
     def paused(reason: str) -> float:
         consumer = app._consumer  # noqa: SLF001
-        if not isinstance(consumer, VigilConsumer) or reason not in consumer.held_reasons(topic):
+        if not isinstance(consumer, VigilConsumer):
+            return 0.0
+        held = {t for t in topics if reason in consumer.held_reasons(t)}
+        if not held:
             return 0.0
         try:
-            return float(sum(1 for tp in consumer.assignment() if tp.topic == topic))
+            return float(sum(1 for tp in consumer.assignment() if tp.topic in held))
         except Exception:  # noqa: BLE001 - not started yet: nothing is assigned
             return 0.0
 
@@ -314,11 +347,50 @@ def export_backpressure(app: VigilApp, agent: str, topic: str, scheduler: KeyOrd
         metrics.PAUSED_PARTITIONS.labels(agent, reason).set_function(functools.partial(paused, reason))
 
 
-def build_app(settings: Settings, specs: Sequence[AgentSpec], resources: Mapping[str, Any]) -> VigilApp:
-    app = create_app(settings)
+def build_app(
+    settings: Settings, specs: Sequence[AgentSpec], resources: Mapping[str, Any], *, group: str | None = None
+) -> VigilApp:
+    """One app holding ``specs`` (one consumer group, ``group`` or the app id)."""
+    app = create_app(settings, group=group)
     for spec in specs:
         bind_agent(app, spec, settings, resources)
     return app
+
+
+def build_apps(
+    settings: Settings, specs: Sequence[AgentSpec], resources: Mapping[str, Any]
+) -> list[VigilApp]:
+    """One app per agent, each joining the agent's own consumer group (``streams.core.groups``)
+    and sharing the app id (changelog names), the table directory and the event loop; Faust's
+    web server runs on the first only."""
+    apps = []
+    for index, spec in enumerate(specs):
+        app = create_app(settings, group=agent_group(settings, spec.name), web=index == 0)
+        bind_agent(app, spec, settings, resources)
+        apps.append(app)
+    for app in apps:
+        app.vigil_peers = apps
+    return apps
+
+
+async def check_partitions(settings: Settings, specs: Sequence[AgentSpec]) -> None:
+    """Every topic an agent reads must have one partition count: its state is co-partitioned
+    with its input (partition p of each topic is handled with partition p of its table)."""
+    multi = [spec for spec in specs if len(spec.topics) > 1]
+    if not multi:
+        return
+    names = sorted({settings.topic(t) for spec in multi for t in spec.topics})
+    async with kafka.admin(settings) as client:
+        described = await client.describe_topics(names)
+    counts = {t["topic"]: len(t["partitions"]) for t in described if t["error_code"] == 0}
+    for spec in multi:
+        seen = {settings.topic(t): counts.get(settings.topic(t)) for t in spec.topics}
+        if len(set(seen.values())) > 1:
+            listed = ", ".join(f"{name}: {count}" for name, count in seen.items())
+            raise ConfigError(
+                f"agent {spec.name!r} reads topics with different partition counts ({listed}); "
+                "its state is co-partitioned with its input, so they must have the same count"
+            )
 
 
 def run_worker(
@@ -329,29 +401,38 @@ def run_worker(
 ) -> None:
     """Run until SIGTERM/SIGINT, or with ``exit_when_idle`` until the backlog is handled and
     committed and no record came for that many seconds (``streams.adapter.idle``; exit 0).
-    Creates missing topics first, so a fresh broker just works."""
+    Creates missing topics first, so a fresh broker just works. Each agent runs as its own
+    Faust app and consumer group (``build_apps``) in this one process and event loop."""
     specs = runtime.select(agent_names)
     if not specs:
         raise ConfigError("no agents to run: import a module that declares agents (see agents/)")
     created = asyncio.run(kafka.create_topics(settings, topics_for(settings, specs)))
     if created:
         log.info("created topics: %s", ", ".join(created))
+    asyncio.run(check_partitions(settings, specs))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    app = build_app(settings, specs, runtime.build_resources(settings))
-    install_bulk_restore(app)  # bulk changelog restore before Faust's recovery (streams.adapter.restore)
+    apps = build_apps(settings, specs, runtime.build_resources(settings))
+    main, more = apps[0], apps[1:]
+    for app in apps:
+        install_bulk_restore(app)  # bulk changelog restore before Faust's recovery (streams.adapter.restore)
     if settings.processing_guarantee == "exactly_once":
-        transactions.prepare_local_state(app.conf.tabledir)
-    obs = observability.install(app, settings, specs)
-    recovery.install(app, stall_after=settings.stall_timeout, interval=min(5.0, settings.stall_timeout / 3))
-    guard = recovery.install_guard(app, stall_after=settings.stall_timeout)
-    obs.readiness.checks.append(guard.stalled_reason)
-    app.downstream_lag_reader = obs.lag.downstream_lag
-    worker = VigilWorker(app, loglevel=settings.log_level.upper(), quiet=True, loop=loop)
+        transactions.prepare_local_state(main.conf.tabledir)  # shared by the apps
+    obs = observability.build(main, settings, specs, more)
+    for app in apps:
+        recovery.install(
+            app, stall_after=settings.stall_timeout, interval=min(5.0, settings.stall_timeout / 3)
+        )
+        guard = recovery.install_guard(app, stall_after=settings.stall_timeout)
+        obs.readiness.checks.append(guard.stalled_reason)
+        app.downstream_lag_reader = obs.lag.downstream_lag
+        app.in_worker = True  # Faust sets it on the worker's own app only (in_transaction reads it)
+    # The endpoint starts first (probes answer 503 while the groups join), then each agent's app.
+    worker = VigilWorker(main, obs, *more, loglevel=settings.log_level.upper(), quiet=True, loop=loop)
     worker.logging_config = logs.logging_config(settings.log_format, settings.log_level)  # VIGIL_LOG_FORMAT
     if exit_when_idle is not None:
-        idle.install(app, worker, exit_when_idle)
+        idle.install(main, worker, exit_when_idle, more)
     # The worker leaves these loggers at DEBUG: every record would build log records that the
     # handlers then drop (about 5% of a no-op agent's CPU, measured by ops/bench).
     level = logging.getLevelName(settings.log_level.upper())

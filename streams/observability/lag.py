@@ -1,6 +1,6 @@
-"""Consumer lag, read from the broker: the worker's own group on its agents' source topics, and
-every group that consumes a topic its agents emit to (the "downstream" groups backpressure
-watches).
+"""Consumer lag, read from the broker: the worker's own groups (one per agent) on their source
+topics, and every group that consumes a topic its agents emit to (the "downstream" groups
+backpressure watches).
 
 Lag of a partition = high watermark - committed offset; a partition the group never committed
 counts whole (high - low watermark), which is what that group would read under
@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -56,10 +56,15 @@ class LagMonitor:
         interval: float = 5.0,
         rediscover_every: float = 30.0,
         request_timeout: float = 10.0,
+        groups: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.group = group
         self.sources = frozenset(sources)
+        #: the worker's own groups (one per agent) and the source topics each reads
+        self.groups: dict[str, frozenset[str]] = (
+            {g: frozenset(t) for g, t in groups.items()} if groups else {group: self.sources}
+        )
         self.emitted = frozenset(emitted)
         self.interval = interval
         self.rediscover_every = rediscover_every
@@ -82,7 +87,7 @@ class LagMonitor:
         return None if parts is None else sum(parts.values())
 
     def downstream_groups(self, topic: str) -> list[str]:
-        return sorted(g for g, t in self.snapshot if t == topic and g != self.group)
+        return sorted(g for g, t in self.snapshot if t == topic and g not in self.groups)
 
     def downstream_lag(self, topic: str) -> int | None:
         """The largest total lag among the other groups consuming ``topic`` (an emitted
@@ -132,7 +137,7 @@ class LagMonitor:
             self._downstream = await self._discover(admin)
             self._discovered_at = now
 
-        groups = {self.group, *self._downstream}
+        groups = {*self.groups, *self._downstream}
         committed: dict[str, dict[TopicPartition, int]] = {}
         for group, offsets in zip(
             groups,
@@ -144,8 +149,7 @@ class LagMonitor:
         wanted: dict[str, set[str]] = {}
         for group, offsets in committed.items():
             topics = {tp.topic for tp in offsets} & self.emitted
-            if group == self.group:
-                topics |= self.sources
+            topics |= self.groups.get(group, frozenset())
             if topics:
                 wanted[group] = topics
         all_topics = set().union(*wanted.values()) if wanted else set()
@@ -175,7 +179,7 @@ class LagMonitor:
         """Groups other than ours whose committed offsets name an emitted topic."""
         if not self.emitted:
             return set()
-        names = sorted({str(g[0]) for g in await admin.list_consumer_groups()} - {self.group})
+        names = sorted({str(g[0]) for g in await admin.list_consumer_groups()} - set(self.groups))
         found: set[str] = set()
         for group, offsets in zip(
             names,

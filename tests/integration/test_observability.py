@@ -19,6 +19,7 @@ import yaml
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from streams.core.groups import agent_group
 from streams.core.settings import Settings
 from streams.observability.lag import LagMonitor
 from tests.support import (
@@ -145,7 +146,7 @@ def test_readyz_is_503_until_assigned_and_during_a_rebalance(cluster: Cluster, t
 @pytest.mark.slow
 def test_own_group_lag_matches_the_broker_grows_and_falls_to_zero(cluster: Cluster) -> None:
     settings = cluster.settings()
-    topic, group = settings.topic(IN), settings.group_id
+    topic, group = settings.topic(IN), agent_group(settings, "probe")
     cluster.create_topics(IN)
     produce_slow_heads(cluster)
     port = free_port()
@@ -193,11 +194,13 @@ def test_downstream_group_lag_on_the_emitted_topic(cluster: Cluster) -> None:
     want = expected(out, {p: ends[p] - read.get(p, 0) for p in ends})
     wait_for(lambda: lag_series(port, downstream) == want, 60, f"downstream lag {want}")
     # the worker's own group reads only its source topic
-    assert {t for t, _ in lag_series(port, settings.group_id)} == {settings.topic(IN)}
+    assert {t for t, _ in lag_series(port, agent_group(settings, "probe"))} == {settings.topic(IN)}
 
     # The number backpressure reads, from a monitor of our own against the same broker.
     async def read_lag() -> tuple[int | None, int | None]:
-        monitor = LagMonitor(settings.kafka_bootstrap, settings.group_id, [settings.topic(IN)], [out])
+        monitor = LagMonitor(
+            settings.kafka_bootstrap, agent_group(settings, "probe"), [settings.topic(IN)], [out]
+        )
         try:
             await monitor.refresh()
             return monitor.lag(downstream, out), monitor.downstream_lag(out)
@@ -223,14 +226,15 @@ def test_prometheus_scrapes_the_worker_and_serves_its_lag(cluster: Cluster, tmp_
     env = {"VIGIL_METRICS_PORT": str(port), "VIGIL_LAG_INTERVAL": "0.5", "PROBE_SLOW_MS": "600000"}
     worker = cluster.start_worker(args=PROBE, VIGIL_DRAIN_TIMEOUT="2", **env)
     want = expected(topic, end_offsets(settings, topic))
-    wait_for(lambda: worker.alive() and lag_series(port, settings.group_id) == want, 60, "worker lag")
+    group = agent_group(settings, "probe")
+    wait_for(lambda: worker.alive() and lag_series(port, group) == want, 60, "worker lag")
 
     prom = start_prometheus(exe, port, tmp_path)
     cluster.procs.append(prom.proc)
 
     def prom_lag() -> LagSeries:
         assert prom.proc.alive(), prom.proc.log()[-3000:]
-        query = f'vigil_consumer_lag_records{{group="{settings.group_id}"}}'
+        query = f'vigil_consumer_lag_records{{group="{group}"}}'
         return {
             (r["metric"]["topic"], int(r["metric"]["partition"])): float(r["value"][1])
             for r in prom.query(query)

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 import agents  # noqa: F401 - declares the agents the examples run
 from streams.core.agent import runtime
+from streams.core.groups import agent_group
 from streams.core.settings import Settings
 
 KEDA = Path(__file__).resolve().parents[2] / "ops" / "deploy" / "keda"
@@ -48,10 +49,10 @@ def check_trigger(spec: dict[str, Any], c: dict[str, Any]) -> None:
     settings = Settings(
         app_id=env.get("VIGIL_APP_ID", "vigil"), topic_prefix=env.get("VIGIL_TOPIC_PREFIX", "")
     )
-    assert meta["consumerGroup"] == settings.group_id
-    assert meta["bootstrapServers"] == env["VIGIL_KAFKA_BOOTSTRAP"]
     args = c["args"]
     agent = args[args.index("--agents") + 1]
+    assert meta["consumerGroup"] == agent_group(settings, agent)  # each agent is its own group
+    assert meta["bootstrapServers"] == env["VIGIL_KAFKA_BOOTSTRAP"]
     (agent_spec,) = runtime.select([agent])
     assert meta["topic"] == settings.topic(agent_spec.topic)
     # Vigil reads a group without offsets from the start; the scaler must count that as lag.

@@ -112,6 +112,7 @@ INVENTORY: tuple[Private, ...] = (
     Private("_commit", THREAD, OVERRIDE, "async (offsets)", "VigilConsumerThread", "retriable commit errors skip one tick instead of crashing the worker", (f"{THREAD}.commit",)),
     Private("_highwaters", THREAD, OVERRIDE, "async (partitions)", "VigilConsumerThread", "exactly-once: a changelog highwater is its last committed record + 1", (f"{THREAD}.highwaters",)),
     Private("_ensure_consumer", THREAD, CALL, "()", "", "the aiokafka consumer behind the thread (commit, end_offsets)"),
+    Private("_create_worker_consumer", THREAD, OVERRIDE, "(transport)", "VigilConsumerThread", "the worker's aiokafka consumer joins its agent's own group, not the app id's", (f"{THREAD}._create_consumer",)),
     # -- faust App and Worker -------------------------------------------------------------------------------
     Private("_new_consumer", APP, OVERRIDE, "()", "VigilApp", "builds VigilConsumer (same arguments as Faust's, see the mirror test)", (f"{FAPP}.consumer",)),
     Private("_consumer_wait_empty", APP, OVERRIDE, "async (consumer, logger)", "VigilApp", "bounded drain of the schedulers on revoke and stop, then commit", (f"{FAPP}._on_partitions_revoked", f"{FAPP}._stop_consumer")),
@@ -146,6 +147,7 @@ INVENTORY: tuple[Private, ...] = (
     Private("_build_offsets", RECOVERY, OVERRIDE, "async (consumer, tps, destination, title)", "VigilRecovery", "after Faust's start offsets, the bulk restore reads each active changelog partition to its highwater", (f"{FREC}._restart_recovery",)),
     Private("_recovery", "faust.tables.manager:TableManager", ATTR, "NoneType", "", "class default None until first use: install puts VigilRecovery there, the recovery property builds one only when unset", ("faust.tables.manager:TableManager.recovery",)),
     # -- aiokafka -------------------------------------------------------------------------------------------
+    Private("_group_id", KAFKA_CONSUMER, ATTR, "str|NoneType", "", "set after construction: the agent's own consumer group (read by start to build the coordinator)", (f"{KAFKA_CONSUMER}.__init__",)),
     Private("_client", KAFKA_CONSUMER, ATTR, "AIOKafkaClient", "", "force_metadata_update when the first metadata predates a topic (streams.kafka, DLQ tooling, ops/bench)"),
     Private("force_metadata_update", KAFKA_CLIENT, CALL, "()", "", "(public, reached through _client) returns the future Vigil awaits"),
     # -- litellm --------------------------------------------------------------------------------------------
