@@ -88,7 +88,7 @@ def cli() -> None:
 def worker(
     ctx: click.Context, agent_names: str | None, modules: tuple[str, ...], exit_when_idle: float | None
 ) -> None:
-    """Run a worker for the agents (joins the consumer group VIGIL_APP_ID)."""
+    """Run a worker for the agents (each joins its own consumer group VIGIL_APP_ID.AGENT)."""
     import importlib
 
     from streams.adapter.worker import run_worker
@@ -481,4 +481,5 @@ def add_command(command: Callable[..., Any]) -> None:
 
 
 from streams.cli import gateway as _gateway  # noqa: E402,F401
+from streams.cli import groups as _groups  # noqa: E402,F401
 from streams.cli import sources as _sources  # noqa: E402,F401
