@@ -5,9 +5,19 @@ from streams import runtime
 from streams.sinks import github as _github_sink  # noqa: F401 - declares the reply sinks
 from streams.sinks import slack as _slack_sink  # noqa: F401
 
-from . import file_watch, review, slack_bridge, support, triage
+from . import file_watch, onboarding, review, slack_bridge, support, triage
 from .llm import LLMClient, LLMError, LLMReply
 
 runtime.provide("llm", LLMClient.from_settings)
 
-__all__ = ["LLMClient", "LLMError", "LLMReply", "file_watch", "review", "slack_bridge", "support", "triage"]
+__all__ = [
+    "LLMClient",
+    "LLMError",
+    "LLMReply",
+    "file_watch",
+    "onboarding",
+    "review",
+    "slack_bridge",
+    "support",
+    "triage",
+]
