@@ -348,3 +348,14 @@ async def test_wait_action_holds_only_that_subject_until_its_window_ends(server:
     assert await asyncio.wait_for(waiting, timeout=10) == "ok"  # the next window's budget
     assert time.time() >= boundary and fake.stats["received"] == 3
     assert table["c1"]["state"] == {"n": 2}
+
+
+def test_per_agent_settings_as_one_json_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VIGIL_AGENT", '{"support": {"model": "openai/x", "budget_action": "park"}}')
+    agents = AgentSettings(_env_file=None)  # type: ignore[call-arg]
+    assert agents.get("support") == AgentLLMConfig(model="openai/x", budget_action="park")
+    llm = LLMClient(Settings(_env_file=None), agents)  # type: ignore[call-arg]
+    assert llm.entity_limits("support").action == "park" and llm.entity_limits("other").action == "wait"
+    monkeypatch.setenv("VIGIL_AGENT", '{"support": {"modle": "typo"}}')
+    with pytest.raises(ValueError, match="modle"):  # a misspelt field is an error, not ignored
+        AgentSettings(_env_file=None)  # type: ignore[call-arg]
