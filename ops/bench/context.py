@@ -80,8 +80,12 @@ class Bench:
         return f"bench.{self.run}.{phase}."
 
     def group(self, prefix: str) -> str:
-        """The consumer group (Faust app id) of a Vigil worker on ``prefix``."""
+        """The app id of a Vigil worker on ``prefix``: the prefix of its changelog topics."""
         return prefix + APP_ID
+
+    def agent_group(self, prefix: str, agent: str = "bench") -> str:
+        """The consumer group of ``agent`` in a Vigil worker on ``prefix`` (``streams.core.groups``)."""
+        return f"{prefix}{APP_ID}.{agent}"
 
     # -- processes ---------------------------------------------------------------------------
     def spawn(self, name: str, args: list[str], env: dict[str, str]) -> Child:

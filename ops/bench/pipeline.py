@@ -77,7 +77,7 @@ async def measure(bench: Bench, source: Input) -> Result:
     p = source.prefix
     t_out = p + OUT
     group = bench.group(p)
-    watch = GroupWatch(bench.bootstrap, group)
+    watch = GroupWatch(bench.bootstrap, bench.agent_group(p))
     watch.start()
     say("P1: starting the Vigil worker on the backlog")
     worker = bench.start_worker("worker-pipeline", p, bench.workdir / "data-pipeline")

@@ -70,7 +70,7 @@ class StatePhase:
         out_start = await topics.end_offsets(b.bootstrap, self.t_out)
         probe = message(subject)
         await b.send(self.t_in, [probe])
-        watch = GroupWatch(b.bootstrap, self.group)
+        watch = GroupWatch(b.bootstrap, b.agent_group(self.prefix))
         watch.start()
         worker = b.start_worker(name, self.prefix, data_dir, VIGIL_LOG_LEVEL="info", **env)
         outputs = await b.wait_records(self.t_out, out_start, PARTITIONS + 1, worker)
