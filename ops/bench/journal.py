@@ -9,7 +9,9 @@ The events arrive as a backlog over ``subjects`` distinct entities, with the wor
 concurrency (16 subjects in flight): steps of concurrent handlers share the producer, as they
 would in production. The reference, in the same run: a bare aiokafka producer (acks=all) in
 16 tasks, each sending one record of the same size and awaiting its acknowledgement before the
-next, as many as there were steps: what the broker's round trip alone costs here. The worker's
+next, as many as there were steps: what the broker's round trip alone costs here. A second,
+smaller pass runs one step at a time in the whole worker (concurrency 1, beside a one-task bare
+loop): the framework's own time per step without sibling handlers sharing the event loop. The worker's
 own ``vigil_journal_write_seconds`` (the local write plus the changelog acknowledgement inside
 each step) is read from its /metrics at the end: the rest of a step's time is encoding and
 waiting for the event loop.
@@ -22,6 +24,7 @@ import json
 import statistics
 import time
 import urllib.request
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -49,15 +52,15 @@ def step_times(outputs: list[Record]) -> list[float]:
     return out
 
 
-async def raw_acks(bench: Bench, topic: str, sends: int) -> list[float]:
-    """Milliseconds per acknowledged send of ``CONCURRENCY`` tasks sending one record at a time."""
+async def raw_acks(bench: Bench, topic: str, sends: int, concurrency: int) -> list[float]:
+    """Milliseconds per acknowledged send of ``concurrency`` tasks sending one record at a time."""
     producer = topics.new_producer(bench.bootstrap, linger_ms=0)
     await producer.start()
     took: list[float] = []
     value = b"\x00" * 8 + b"3"  # an 8-byte stamp and a no-op step's JSON, as the journal writes
 
     async def lane(k: int) -> None:
-        for n in range(k, sends, CONCURRENCY):
+        for n in range(k, sends, concurrency):
             started = time.perf_counter()
             await (await producer.send(topic, value, key=f"\x00j\x00e{n}\x00noop".encode(), partition=n % 6))
             took.append((time.perf_counter() - started) * 1000)
@@ -65,7 +68,7 @@ async def raw_acks(bench: Bench, topic: str, sends: int) -> list[float]:
     try:
         await lane(0)  # metadata and connections before the clock matters
         took.clear()
-        await asyncio.gather(*(lane(k) for k in range(CONCURRENCY)))
+        await asyncio.gather(*(lane(k) for k in range(concurrency)))
     finally:
         await producer.stop()
     return took
@@ -93,21 +96,37 @@ def write_buckets(metrics_url: str, agent: str) -> dict[str, float]:
     }
 
 
-async def measure(bench: Bench) -> dict[str, Any]:
-    events = 100 if bench.small else 2_000
-    subjects = 50 if bench.small else 500
-    prefix = bench.prefix("journal")
+@dataclass(frozen=True)
+class Pass:
+    took: list[float]
+    raw: list[float]
+    writes: dict[str, float]
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "p50_ms": round(statistics.median(self.took), 3),
+            "p99_ms": round(percentile(self.took, 99), 3),
+            "raw_send_ack_p50_ms": round(statistics.median(self.raw), 3),
+            "raw_send_ack_p99_ms": round(percentile(self.raw, 99), 3),
+        }
+
+
+async def one_pass(bench: Bench, name: str, events: int, subjects: int, concurrency: int) -> Pass:
+    """A worker at ``concurrency`` on its own topics, then the bare loop at the same."""
+    prefix = bench.prefix(name)
     await bench.create(prefix, RAW)
-    say(f"P7: {events} events x {STEPS} journaled no-op steps, {subjects} subjects")
+    say(
+        f"P7: {events} events x {STEPS} journaled no-op steps, {subjects} subjects, concurrency {concurrency}"
+    )
     await bench.send(prefix + IN, messages([f"j{k % subjects}" for k in range(events)]))
     port = procs.free_port()
     worker = bench.start_worker(
-        "worker-journal",
+        f"worker-{name}",
         prefix,
-        bench.workdir / "data-journal",
+        bench.workdir / f"data-{name}",
         agent="bench_journal",
         BENCH_JOURNAL_STEPS=str(STEPS),
-        VIGIL_CONCURRENCY=str(CONCURRENCY),
+        VIGIL_CONCURRENCY=str(concurrency),
         VIGIL_METRICS_PORT=str(port),
     )
     outputs = await bench.wait_records(prefix + OUT, {}, events, worker)
@@ -116,14 +135,23 @@ async def measure(bench: Bench) -> dict[str, Any]:
     took = step_times(outputs)
     if len(took) != events * STEPS:
         raise BenchError(f"P7: {len(took)} step times from {len(outputs)} replies")
+    result = Pass(took, await raw_acks(bench, prefix + RAW, len(took), concurrency), writes)
+    say(f"P7: concurrency {concurrency}: {result.summary()}")
+    return result
+
+
+async def measure(bench: Bench) -> dict[str, Any]:
+    events = 100 if bench.small else 2_000
+    subjects = 50 if bench.small else 500
+    main = await one_pass(bench, "journal", events, subjects, CONCURRENCY)
+    # one step at a time in the whole worker: the framework's own time, no sibling handlers
+    alone = await one_pass(bench, "journal1", max(20, events // 10), subjects, 1)
+    took = main.took
     p50, p99 = statistics.median(took), percentile(took, 99)
+    raw_p50, raw_p99 = statistics.median(main.raw), percentile(main.raw, 99)
     steps_within = {
         f"le_{b:g}ms": round(sum(t <= b for t in took) / len(took), 4) for b in (GOAL_P50_MS, GOAL_P99_MS)
     }
-    say(f"P7: per step p50 {p50:.2f} ms, p99 {p99:.2f} ms; bare aiokafka send+ack at the same concurrency")
-    raw = await raw_acks(bench, prefix + RAW, len(took))
-    raw_p50, raw_p99 = statistics.median(raw), percentile(raw, 99)
-    say(f"P7: bare send+ack p50 {raw_p50:.2f} ms, p99 {raw_p99:.2f} ms")
     return report.entry(
         p50,
         "ms per journaled step (p50)",
@@ -137,7 +165,8 @@ async def measure(bench: Bench) -> dict[str, Any]:
             "raw_send_ack_p50_ms": round(raw_p50, 3),
             "raw_send_ack_p99_ms": round(raw_p99, 3),
             "steps_within": steps_within,
-            "journal_writes_within": writes,
+            "journal_writes_within": main.writes,
+            "concurrency_1": {**alone.summary(), "steps": len(alone.took)},
             "goal_p99_ms": GOAL_P99_MS,
             "steps": len(took),
             "events": events,
