@@ -73,6 +73,7 @@ def logging_config(log_format: str, level: str) -> dict[str, Any] | None:
     return {
         "version": 1,
         "merge": True,  # mode keeps its loggers; our handler replaces its console handler
+        "disable_existing_loggers": False,  # loggers created at import must keep logging
         "formatters": {"json": {"()": f"{__name__}.JsonFormatter"}},
         "handlers": {
             "default": {"class": "logging.StreamHandler", "formatter": "json", "level": level.upper()}
