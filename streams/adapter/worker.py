@@ -24,6 +24,7 @@ from typing import Any
 
 import faust
 from faust.types import TP, StreamT
+from mode import Service
 
 from streams import kafka
 from streams.adapter import idle, observability, recovery, transactions
@@ -85,6 +86,34 @@ class VigilWorker(faust.Worker):
             log.warning("second %s: exiting now without draining", signal.name)
             os._exit(128 + int(signal))
         super()._schedule_shutdown(signal)
+
+
+class SiblingApps(Service):
+    """The worker's apps other than its main one, started side by side with it: mode starts a
+    service's dependencies one after the other and an app's start returns only once its group
+    is joined and its tables are recovered, so N agents would start in N times one's time.
+    A sibling whose start fails crashes the worker; they stop together, each draining its own
+    schedulers and committing."""
+
+    def __init__(self, apps: Sequence[VigilApp], **kwargs: Any) -> None:
+        self.apps = list(apps)
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        for app in self.apps:
+            self.add_future(self._start(app))  # cancelled if the worker stops first
+
+    async def _start(self, app: VigilApp) -> None:
+        try:
+            await app.maybe_start()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - whatever it is, the worker must not run on without it
+            log.error("the app of group %s failed to start: %r", app.vigil_group_id, exc)
+            await self.crash(exc)
+
+    async def on_stop(self) -> None:
+        await asyncio.gather(*(app.stop() for app in self.apps), return_exceptions=True)
 
 
 def topics_for(settings: Settings, specs: Iterable[AgentSpec]) -> set[str]:
@@ -428,8 +457,12 @@ def run_worker(
         obs.readiness.checks.append(guard.stalled_reason)
         app.downstream_lag_reader = obs.lag.downstream_lag
         app.in_worker = True  # Faust sets it on the worker's own app only (in_transaction reads it)
-    # The endpoint starts first (probes answer 503 while the groups join), then each agent's app.
-    worker = VigilWorker(main, obs, *more, loglevel=settings.log_level.upper(), quiet=True, loop=loop)
+    # The endpoint starts first (probes answer 503 while the groups join), then every agent's app
+    # at once: the siblings in the background, the main app as the worker's own.
+    services: list[Service] = [obs]
+    if more:
+        services.append(SiblingApps(more, beacon=main.beacon))
+    worker = VigilWorker(main, *services, loglevel=settings.log_level.upper(), quiet=True, loop=loop)
     worker.logging_config = logs.logging_config(settings.log_format, settings.log_level)  # VIGIL_LOG_FORMAT
     if exit_when_idle is not None:
         idle.install(main, worker, exit_when_idle, more)
