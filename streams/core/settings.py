@@ -18,7 +18,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VIGIL_", env_file=".env", extra="ignore", frozen=True)
 
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma separated")
-    app_id: str = Field("vigil", min_length=1, description="Faust app id; the consumer group id")
+    app_id: str = Field(
+        "vigil", min_length=1, description="Faust app id, changelog prefix; agent A's group: <id>.A"
+    )
     data_dir: Path = Field(Path("data"), description="RocksDB state and worker files")
     topic_prefix: str = Field("", description="Prepended verbatim to every topic and group name")
     partitions: int = Field(6, ge=1, le=1000, description="Partitions of topics Vigil creates")
@@ -133,5 +135,6 @@ class Settings(BaseSettings):
 
     @cached_property
     def group_id(self) -> str:
-        """Faust's app id doubles as the consumer group id and the changelog topic prefix."""
+        """The prefixed app id: the changelog topic prefix, and the stem of each agent's consumer
+        group (``streams.core.groups.agent_group``)."""
         return self.topic(self.app_id)
