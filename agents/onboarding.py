@@ -63,12 +63,16 @@ async def _ask(ctx: Context[SignupState], default_prompt: str, text: str) -> str
     return str(reply.text)
 
 
+def _counted(ctx: Context[SignupState], event: Envelope[CustomerSignedUpV1]) -> None:
+    ctx.state.signups += 1
+    ctx.state.last = event.id
+
+
 @runtime.agent(CustomerSignedUpV1, state=SignupState, emits=[CustomerOnboardingPlannedV1], default=False)
 async def onboarding(event: Envelope[CustomerSignedUpV1], ctx: Context[SignupState]) -> None:
     data = _check(event)
     plan = await _ask(ctx, "Draft a three-step onboarding plan for this new customer.", _describe(data))
-    ctx.state.signups += 1
-    ctx.state.last = event.id
+    _counted(ctx, event)
     await ctx.emit(CustomerOnboardingPlannedV1(customer_id=data.customer_id, signup_id=event.id, plan=plan))
 
 
@@ -78,8 +82,7 @@ async def enrichment(event: Envelope[CustomerSignedUpV1], ctx: Context[SignupSta
     summary = await _ask(
         ctx, "Say in one line what kind of company this customer works for.", _describe(data)
     )
-    ctx.state.signups += 1
-    ctx.state.last = event.id
+    _counted(ctx, event)
     await ctx.emit(CustomerEnrichedV1(customer_id=data.customer_id, signup_id=event.id, summary=summary))
 
 
@@ -87,8 +90,7 @@ async def enrichment(event: Envelope[CustomerSignedUpV1], ctx: Context[SignupSta
 async def notification(event: Envelope[CustomerSignedUpV1], ctx: Context[SignupState]) -> None:
     data = _check(event)
     text = await _ask(ctx, "Write a two-line welcome email to this new customer.", _describe(data))
-    ctx.state.signups += 1
-    ctx.state.last = event.id
+    _counted(ctx, event)
     await ctx.emit(
         CustomerNotificationRequestedV1(customer_id=data.customer_id, signup_id=event.id, text=text)
     )

@@ -169,10 +169,10 @@ async def test_park_action_and_per_agent_limits(server: tuple[FakeLLM, str]) -> 
     assert fake.stats["received"] == 4
 
 
-async def test_cost_budget_reserves_the_priced_worst_case(server: tuple[FakeLLM, str]) -> None:
+def priced_model() -> str:
+    """A model name of its own in litellm's cost map: $0.001 per prompt token, $0.002 per completion token."""
     import litellm
 
-    fake, base = server
     model = f"vigil-priced-{uuid.uuid4().hex[:6]}"
     litellm.register_model(
         {
@@ -184,6 +184,12 @@ async def test_cost_budget_reserves_the_priced_worst_case(server: tuple[FakeLLM,
             }
         }
     )
+    return model
+
+
+async def test_cost_budget_reserves_the_priced_worst_case(server: tuple[FakeLLM, str]) -> None:
+    fake, base = server
+    model = priced_model()
     agent, table = agent_name(), MemoryTable()
     worst = estimate_prompt_tokens(MSG, None) * 0.001 + MAX * 0.002
     llm = client(base, llm_model=f"openai/{model}", llm_entity_cost_usd_per_window=worst * 1.5)
@@ -196,20 +202,8 @@ async def test_cost_budget_reserves_the_priced_worst_case(server: tuple[FakeLLM,
 
 
 async def test_cost_per_event_is_observed_once_when_the_event_is_over(server: tuple[FakeLLM, str]) -> None:
-    import litellm
-
     _, base = server
-    model = f"vigil-priced-{uuid.uuid4().hex[:6]}"
-    litellm.register_model(
-        {
-            f"openai/{model}": {
-                "input_cost_per_token": 0.001,
-                "output_cost_per_token": 0.002,
-                "litellm_provider": "openai",
-                "mode": "chat",
-            }
-        }
-    )
+    model = priced_model()
     agent, table = agent_name(), MemoryTable()
     llm = client(base, llm_model=f"openai/{model}")
     first = journal(table, agent, "s", "ev-1")
