@@ -4,8 +4,9 @@ Starts the fake Slack and GitHub API servers (``ops/fakes/``), ``vigil gateway``
 with the Slack bridge and both sinks; sends a signed Slack ``app_mention`` to the gateway, which
 the support agent of ops/demo.py's worker (still running) answers: the fake Slack prints the
 reply posted in the mention's thread. Then a signed GitHub ``pull_request`` webhook is accepted
-(202) and read back from its topic, and a comment requested on that pull request is posted to
-the fake GitHub. Everything started here is stopped by PID.
+(202) and read back from its topic; the ``review`` agent fetches the pull request's diff from
+the fake GitHub through its tool (each LLM reply and the fetch journaled) and its review is
+posted as a comment by the GitHub sink. Everything started here is stopped by PID.
 """
 
 from __future__ import annotations
@@ -28,9 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 from demo_procs import free_port, say, stop, wait  # noqa: E402 - ops/ is the script's directory
 
-from schemas import RawEnvelope  # noqa: E402
 from streams import Settings, kafka  # noqa: E402
-from streams.core import codec  # noqa: E402
 
 VIGIL = str(Path(sys.executable).with_name("vigil"))
 SLACK_SECRET = "demo-slack-signing-secret"
@@ -38,7 +37,7 @@ GITHUB_SECRET = "demo-github-webhook-secret"
 SLACK_TOKEN = "xoxb-demo"
 GITHUB_TOKEN = "ghp-demo"
 BOT_USER = "U0VIGILBOT"  # the fake Slack's bot user
-AGENTS = "slack_mentions,slack_dms,slack_chat_replies,slack_replies,github_comments"
+AGENTS = "slack_mentions,slack_dms,slack_chat_replies,slack_replies,review,github_comments"
 
 
 def http(url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
@@ -76,6 +75,22 @@ def signed_github(url: str, event: str, delivery: str, payload: dict[str, Any]) 
     return http(url, body, headers)
 
 
+DEMO_DIFF = """diff --git a/courier.py b/courier.py
+--- a/courier.py
++++ b/courier.py
+@@ -1,3 +1,5 @@
+ def lookup(order):
+-    return api.get(order)
++    for attempt in range(3):
++        return api.get(order, timeout=2)
+"""
+
+
+def head_sha(run: str) -> str:
+    """One head sha per demo run: the review agent comments once per (pull request, sha)."""
+    return hashlib.sha1(run.encode()).hexdigest()
+
+
 def pull_request_opened(run: str) -> dict[str, Any]:
     repo = {"id": 1, "name": "demo", "full_name": "octo/demo", "owner": {"login": "octo", "type": "User"}}
     return {
@@ -86,7 +101,7 @@ def pull_request_opened(run: str) -> dict[str, Any]:
             "state": "open",
             "title": f"Retry the courier lookup ({run})",
             "user": {"login": "ann"},
-            "head": {"ref": "retry-courier", "sha": "a" * 40},
+            "head": {"ref": "retry-courier", "sha": head_sha(run)},
             "base": {"ref": "main", "sha": "b" * 40},
             "html_url": "https://github.com/octo/demo/pull/42",
         },
@@ -209,6 +224,11 @@ def run(logs: Path) -> None:
             f"(metadata {posted['metadata']['event_type']}: {posted['metadata']['event_payload']})"
         )
 
+        http(
+            f"{github_url}/_pulls",
+            json.dumps({"repo": "octo/demo", "number": 42, "diff": DEMO_DIFF}).encode(),
+            {"Content-Type": "application/json"},
+        )
         delivery = str(uuid.uuid4())
         status, body = signed_github(
             f"{gateway_url}/webhooks/github", "pull_request", delivery, pull_request_opened(run_id)
@@ -227,26 +247,20 @@ def run(logs: Path) -> None:
         [event] = wait(on_topic, 30, f"the webhook on {topic}")
         say(f"on {topic}: type={event['type']} id={event['id']} subject={event['subject']}")
 
-        comment = RawEnvelope(
-            id=f"demo-comment-{run_id}",
-            source="demo",
-            type="github.comment.requested.v1",
-            subject="octo/demo#42",
-            data={
-                "repo": "octo/demo",
-                "number": 42,
-                "body": "Thanks! Vigil had a look at this pull request.",
-            },
-        )
-        asyncio.run(kafka.produce(settings, settings.topic("github.comments.v1"), [codec.encode(comment)]))
-
         def comments() -> list[dict[str, Any]]:
             alive(worker, "slack worker")
             _, raw = http(f"{github_url}/_comments")
-            return [c for c in json.loads(raw or b"[]") if comment.id in c["body"]]
+            return [c for c in json.loads(raw or b"[]") if head_sha(run_id)[:12] in c["body"]]
 
-        [posted_comment] = wait(comments, 120, "the comment on the fake GitHub")
-        say(f"comment posted to {posted_comment['issue']} by the GitHub sink: {posted_comment['body']!r}")
+        [posted_comment] = wait(comments, 120, "the review agent's comment on the fake GitHub")
+        _, raw = http(f"{github_url}/_pulls/requests")
+        fetched = [r for r in json.loads(raw or b"[]") if r["pull"] == "octo/demo#42"]
+        say(
+            f"review agent fetched the diff through its tool (Accept: {fetched[-1]['accept'] if fetched else '-'}); "
+            f"comment posted to {posted_comment['issue']} by the GitHub sink:"
+        )
+        for line in posted_comment["body"].splitlines()[:6]:
+            say(f"    {line}")
     finally:
         for proc, name in reversed(started):
             stop(proc, name)
