@@ -208,8 +208,9 @@ class Dispatcher:
             raise _NeedsSlowPath(None, journal) from None
         except Exception as exc:  # noqa: BLE001 - retried or dead-lettered on the slow path
             raise _NeedsSlowPath(exc, journal) from None
-        await journal.save_meta()
-        batch.extra.extend(journal.done_writes())
+        if journal.busy:
+            await journal.save_meta()
+            batch.extra.extend(journal.done_writes())
         entity.state = ctx.state
         if not batch.ids:
             batch.started = started

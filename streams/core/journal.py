@@ -62,6 +62,20 @@ class Journal:
     through ``Context.step`` (and ``ctx.llm``, tools); ``done_writes`` are the deletes the
     event's final write carries."""
 
+    __slots__ = (
+        "_meta",
+        "_meta_dirty",
+        "_on_done",
+        "_touched",
+        "_uses",
+        "agent",
+        "event_id",
+        "outcomes",
+        "partition",
+        "subject",
+        "table",
+    )
+
     def __init__(
         self, agent: str, table: PartitionedTable, partition: int, subject: str, event_id: str
     ) -> None:
@@ -168,6 +182,12 @@ class Journal:
             self._meta_dirty = False
 
     # -- completion ---------------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        """Whether the event's end has anything to do (meta to save, entries to delete,
+        callbacks): most events run no step, and their end costs nothing."""
+        return bool(self._touched or self._on_done or self._meta_dirty)
+
     def done_writes(self) -> list[TableWrite]:
         """The deletion of every entry the event's attempts read or wrote, carried by its final
         write (call ``save_meta`` first: the meta must not wait for it). Runs the ``on_done``
