@@ -74,6 +74,7 @@ class Journal:
         "partition",
         "subject",
         "table",
+        "__weakref__",  # agents.llm keys per-event figures by journal
     )
 
     def __init__(
