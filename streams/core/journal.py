@@ -63,6 +63,7 @@ class Journal:
     event's final write carries."""
 
     __slots__ = (
+        "__weakref__",  # agents.llm keys per-event figures by journal
         "_meta",
         "_meta_dirty",
         "_on_done",
@@ -74,7 +75,6 @@ class Journal:
         "partition",
         "subject",
         "table",
-        "__weakref__",  # agents.llm keys per-event figures by journal
     )
 
     def __init__(
