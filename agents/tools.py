@@ -56,7 +56,7 @@ from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic_core import PydanticUndefined, to_json
 
-from schemas import VigilError, registry
+from schemas import VigilError
 from streams.core.backpressure import Blocked
 from streams.core.context import Context
 from streams.core.errors import ConfigError
@@ -382,11 +382,7 @@ async def _execute(ctx: Context[Any], tool: Tool, kwargs: dict[str, Any]) -> _Re
     except Exception as exc:  # noqa: BLE001 - a tool's failure is the model's to read, not the handler's
         del ctx.pending[before:]
         return _Recorded("error", f"{type(exc).__name__}: {exc}")
-    emitted = [
-        {"type": e.type, "subject": e.subject, "data": e.data.model_dump(mode="json")}
-        for e in ctx.pending[before:]
-    ]
-    return _Recorded("ok", _content(value), emitted)
+    return _Recorded("ok", _content(value), ctx.emitted_since(before))
 
 
 async def _call(
@@ -417,8 +413,7 @@ async def _call(
         # the journal itself, not ctx.step: the record carries its emits in its own shape
         recorded = await ctx.journal.step(f"tool:{call_id}", run, result_type=_Recorded)
     if not ran:  # replayed: what the tool emitted the first time is emitted again, in order
-        for e in recorded.emitted:
-            await ctx.emit(registry.validate(e["type"], e["data"]), subject=e["subject"])
+        await ctx.emit_again(recorded.emitted)
     TOOL_CALLS.labels(ctx.agent, name, recorded.outcome if ran else "replayed").inc()
     return ToolCall(call_id, name, arguments, recorded.outcome, recorded.content, replayed=not ran)
 

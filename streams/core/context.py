@@ -117,22 +117,31 @@ class Context(Generic[S]):
                 value = await value
             if len(self.pending) == before:
                 return value
-            emitted = [
-                {"type": e.type, "subject": e.subject, "data": e.data.model_dump(mode="json")}
-                for e in self.pending[before:]
-            ]
+            emitted = self.emitted_since(before)
             return {_EMITTING_STEP: 1, "result": to_jsonable_python(value), "emits": emitted}
 
         recorded: Any = await self.journal.step(name, run)
         if isinstance(recorded, dict) and recorded.get(_EMITTING_STEP) == 1:
             if not ran:  # replayed: what the step emitted the first time is emitted again, in order
-                for e in recorded["emits"]:
-                    await self.emit(registry.validate(e["type"], e["data"]), subject=e["subject"])
+                await self.emit_again(recorded["emits"])
             recorded = recorded["result"]
         if result_type is None:
             return recorded  # type: ignore[no-any-return]  # the JSON value, as documented
         result: T = journal_adapter(result_type).validate_python(recorded)
         return result
+
+    def emitted_since(self, before: int) -> list[dict[str, Any]]:
+        """The events emitted after the first ``before``, as a journal records them."""
+        return [
+            {"type": e.type, "subject": e.subject, "data": e.data.model_dump(mode="json")}
+            for e in self.pending[before:]
+        ]
+
+    async def emit_again(self, recorded: list[dict[str, Any]]) -> None:
+        """Emit what ``emitted_since`` recorded, in order: a replayed step's events, with the
+        ids they had (derived from their position in the handler's emits)."""
+        for e in recorded:
+            await self.emit(registry.validate(e["type"], e["data"]), subject=e["subject"])
 
     async def emit(self, payload: Payload, *, subject: str | None = None) -> Envelope[Payload]:
         if not any(isinstance(payload, allowed) for allowed in self._allowed):
