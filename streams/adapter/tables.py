@@ -65,24 +65,23 @@ class FaustTable:
         self._db(partition).write(batch)
 
     async def write(self, partition: int, writes: Sequence[TableWrite]) -> None:
-        self.apply_local(partition, writes)  # before the first await: see PartitionedTable.write
-        producer = self._producer()
-        topic = self.changelog_topic
-        last = None
-        for key, value in writes:
-            last = await producer.send(topic, value, key=key, partition=partition)
-        if last is not None:
-            last.add_done_callback(partial(self._sent, TP(topic, partition)))
+        pending = await self._apply_and_send(partition, writes)
+        if pending:
+            pending[-1].add_done_callback(partial(self._sent, TP(self.changelog_topic, partition)))
 
     async def write_now(self, partition: int, writes: Sequence[TableWrite]) -> None:
         """Through the app's plain producer, never a transaction's: under exactly_once a
         recorded step must outlive an aborted transaction. The persisted offset is left alone
         (records of an open transaction may sit below this one)."""
+        await asyncio.gather(*await self._apply_and_send(partition, writes))
+
+    async def _apply_and_send(self, partition: int, writes: Sequence[TableWrite]) -> list[Any]:
+        """Applies ``writes`` locally before its first await (see ``PartitionedTable.write``),
+        then queues one changelog record per write; the producer's delivery futures."""
         self.apply_local(partition, writes)
         producer = self._producer()
         topic = self.changelog_topic
-        pending = [await producer.send(topic, value, key=key, partition=partition) for key, value in writes]
-        await asyncio.gather(*pending)
+        return [await producer.send(topic, value, key=key, partition=partition) for key, value in writes]
 
     def _sent(self, tp: TP, fut: Any) -> None:
         """Recovery may start after this offset: everything before it is in the store."""

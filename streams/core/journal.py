@@ -30,7 +30,7 @@ from pydantic import TypeAdapter
 from pydantic_core import to_json
 
 from streams.core.errors import ConfigError
-from streams.core.tables import PartitionedTable, TableWrite
+from streams.core.tables import PartitionedTable, TableWrite, stamp
 from streams.observability import metrics
 
 T = TypeVar("T")
@@ -45,10 +45,6 @@ def journal_key(event_id: str, step: str) -> bytes:
 
 def meta_key(subject: str) -> bytes:
     return META_PREFIX + subject.encode()
-
-
-def _stamp() -> bytes:
-    return int(time.time() * 1000).to_bytes(8, "little", signed=True)
 
 
 class StepError(ConfigError):
@@ -118,9 +114,9 @@ class Journal:
     async def record(self, step: str, result_json: bytes) -> None:
         """Make ``step``'s result durable (with the entity's meta, if it changed)."""
         key = journal_key(self.event_id, step)
-        writes: list[TableWrite] = [(key, _stamp() + result_json)]
+        writes: list[TableWrite] = [(key, stamp(int(time.time() * 1000)) + result_json)]
         if self._meta_dirty and self._meta is not None:
-            writes.append((meta_key(self.subject), json.dumps(self._meta).encode()))
+            writes.append(self._meta_write(self._meta))
         started = time.perf_counter()
         await self.table.write_now(self.partition, writes)
         metrics.JOURNAL_WRITE_SECONDS.labels(self.agent).observe(time.perf_counter() - started)
@@ -177,10 +173,11 @@ class Journal:
     async def save_meta(self) -> None:
         """Make the meta durable now (without a step)."""
         if self._meta_dirty and self._meta is not None:
-            await self.table.write_now(
-                self.partition, [(meta_key(self.subject), json.dumps(self._meta).encode())]
-            )
+            await self.table.write_now(self.partition, [self._meta_write(self._meta)])
             self._meta_dirty = False
+
+    def _meta_write(self, meta: dict[str, Any]) -> TableWrite:
+        return (meta_key(self.subject), json.dumps(meta).encode())
 
     # -- completion ---------------------------------------------------------------------------
     @property

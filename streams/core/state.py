@@ -35,7 +35,7 @@ from pydantic import BaseModel, ValidationError
 
 from streams.core.errors import ConfigError
 from streams.core.journal import JOURNAL_PREFIX, META_PREFIX
-from streams.core.tables import PartitionedTable, TableWrite, str_key
+from streams.core.tables import PartitionedTable, TableWrite, stamp, str_key
 
 FORMAT_VERSION = 2
 ID_PREFIX = b"\x00id\x00"
@@ -43,10 +43,6 @@ ID_PREFIX = b"\x00id\x00"
 
 def id_key(event_id: str) -> bytes:
     return ID_PREFIX + event_id.encode()
-
-
-def stamp(now_ms: int) -> bytes:
-    return now_ms.to_bytes(8, "little", signed=True)
 
 
 @dataclass

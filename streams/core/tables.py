@@ -24,6 +24,11 @@ def str_key(key: str) -> bytes:
     return json.dumps(key, ensure_ascii=False).encode()
 
 
+def stamp(now_ms: int) -> bytes:
+    """The 8-byte time that starts a handled-id index entry and a journal entry (swept by age)."""
+    return now_ms.to_bytes(8, "little", signed=True)
+
+
 class PartitionedTable(Protocol):
     name: str
 
